@@ -1,0 +1,119 @@
+"""Assemble the HTTP app, the DIMSE listener and the scheduler for ``serve``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from readingroom import __version__
+from readingroom.archive.stability import complete_stable_studies
+from readingroom.runtime import Runtime
+from readingroom.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+def create_app(rt: Runtime) -> FastAPI:
+    """The HTTP side: health, REST API under /api/v1, DICOMweb under /dicomweb."""
+    from readingroom.archive import api as archive_api
+    from readingroom.archive import dicomweb
+    from readingroom.governance import api as governance_api
+
+    app = FastAPI(
+        title="ReadingRoom",
+        version=__version__,
+        description="Medical imaging collaboration across sites: DICOM archive, DICOMweb, shared worklist.",
+    )
+    app.state.rt = rt
+    if rt.settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=rt.settings.cors_origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Accept", "If-Match"],
+            expose_headers=["ETag", "Content-Location", "Warning"],
+        )
+
+    @app.exception_handler(OperationalError)
+    def db_unavailable(_request: Request, exc: OperationalError) -> JSONResponse:
+        log.error("database unavailable: %s", exc)
+        return JSONResponse({"detail": "database unavailable, retry later"}, status_code=503,
+                            headers={"Retry-After": "5"})
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz() -> JSONResponse:
+        """Database and storage are reachable."""
+        problems: dict[str, str] = {}
+        try:
+            with rt.db.read_session() as s:
+                s.execute(text("SELECT 1"))
+        except Exception as exc:
+            problems["database"] = str(exc).splitlines()[0]
+        try:
+            probe = rt.blobs.new_staging_path(".probe")
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except Exception as exc:
+            problems["storage"] = str(exc)
+        if problems:
+            return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    app.include_router(governance_api.router, prefix="/api/v1")
+    app.include_router(archive_api.router, prefix="/api/v1")
+    app.include_router(dicomweb.router, prefix="/dicomweb")
+    return app
+
+
+def build_scheduler(rt: Runtime) -> Scheduler:
+    """Background jobs every ``serve`` process runs."""
+    scheduler = Scheduler()
+    scheduler.add("study-stability", rt.settings.scheduler_interval_seconds,
+                  lambda: complete_stable_studies(rt))
+    scheduler.add("staging-cleanup", 3600, lambda: rt.blobs.clean_staging())
+    return scheduler
+
+
+def serve(rt: Runtime, *, dimse: bool = True) -> None:
+    """Run HTTP, DIMSE and the scheduler until interrupted."""
+    import uvicorn
+
+    from readingroom.archive.dimse import DimseServer
+
+    # Libraries that spool to temp files (pynetdicom's chunked C-STORE) write
+    # next to the blobs so the final rename stays on one filesystem.
+    tempfile.tempdir = str(rt.blobs.staging_dir)
+    os.environ["TMPDIR"] = str(rt.blobs.staging_dir)
+    scheduler = build_scheduler(rt)
+    dimse_server = DimseServer(rt) if dimse else None
+    if dimse_server:
+        dimse_server.start()
+    scheduler.start()
+    app = create_app(rt)
+    try:
+        uvicorn.run(
+            app,
+            host=rt.settings.host,
+            port=rt.settings.port,
+            log_level=rt.settings.log_level.lower(),
+            access_log=False,
+            timeout_keep_alive=30,
+        )
+    finally:
+        scheduler.stop()
+        if dimse_server:
+            dimse_server.stop()
+        rt.close()

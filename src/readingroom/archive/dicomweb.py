@@ -1,0 +1,5 @@
+"""DICOMweb edge (placeholder until QIDO/WADO/STOW land)."""
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["dicomweb"])

@@ -1,0 +1,163 @@
+"""Upserts of the patient / study / series levels, safe under concurrency.
+
+Several associations (or processes) may deliver instances of one study at
+once. Each level row is created with ``INSERT ... ON CONFLICT DO NOTHING``
+and then read back, and counters move with ``UPDATE ... SET n = n + 1``, so
+no read-then-write race can create two rows or lose an increment.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from readingroom.archive.models import Patient, Series, Study
+from readingroom.archive.parsing import ParsedInstance
+
+
+def _insert(session: Session, model: Any) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(model)
+    return sqlite.insert(model)
+
+
+def _text(ds: Any, keyword: str, limit: int = 64) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        value = "\\".join(str(v) for v in value)
+    return str(value).strip()[:limit]
+
+
+def _int(ds: Any, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def upsert_patient(session: Session, p: ParsedInstance, now: datetime) -> int:
+    ds = p.dataset
+    pid = _text(ds, "PatientID")
+    issuer = _text(ds, "IssuerOfPatientID")
+    values = {
+        "patient_id": pid,
+        "issuer": issuer,
+        "name": _text(ds, "PatientName", 324),
+        "birth_date": _text(ds, "PatientBirthDate", 8),
+        "sex": _text(ds, "PatientSex", 16),
+        "attrs": p.level_attrs["PATIENT"],
+        "created_at": now,
+        "updated_at": now,
+    }
+    session.execute(_insert(session, Patient).values(**values).on_conflict_do_nothing())
+    return session.scalars(
+        select(Patient.id).where(Patient.patient_id == pid, Patient.issuer == issuer)
+    ).one()
+
+
+def upsert_study(
+    session: Session, p: ParsedInstance, patient_pk: int, site_id: int | None, now: datetime
+) -> int:
+    ds = p.dataset
+    values = {
+        "study_uid": p.study_uid,
+        "patient_pk": patient_pk,
+        "study_date": _text(ds, "StudyDate", 8),
+        "study_time": _text(ds, "StudyTime", 16),
+        "accession_number": _text(ds, "AccessionNumber"),
+        "study_id": _text(ds, "StudyID", 16),
+        "description": _text(ds, "StudyDescription"),
+        "referring_physician": _text(ds, "ReferringPhysicianName", 324),
+        "institution_name": _text(ds, "InstitutionName"),
+        "site_id": site_id,
+        "state": "receiving",
+        "first_received_at": now,
+        "last_received_at": now,
+        "attrs": p.level_attrs["STUDY"],
+    }
+    session.execute(_insert(session, Study).values(**values).on_conflict_do_nothing())
+    return session.scalars(select(Study.id).where(Study.study_uid == p.study_uid)).one()
+
+
+def upsert_series(session: Session, p: ParsedInstance, study_pk: int) -> tuple[int, bool]:
+    """Returns the series' key and whether this call created it."""
+    ds = p.dataset
+    values = {
+        "series_uid": p.series_uid,
+        "study_pk": study_pk,
+        "modality": _text(ds, "Modality", 16),
+        "series_number": _int(ds, "SeriesNumber"),
+        "description": _text(ds, "SeriesDescription"),
+        "body_part": _text(ds, "BodyPartExamined"),
+        "performed_start_date": _text(ds, "PerformedProcedureStepStartDate", 8),
+        "performed_start_time": _text(ds, "PerformedProcedureStepStartTime", 16),
+        "attrs": p.level_attrs["SERIES"],
+    }
+    result = session.execute(_insert(session, Series).values(**values).on_conflict_do_nothing())
+    created = bool(result.rowcount)
+    series_pk = session.scalars(select(Series.id).where(Series.series_uid == p.series_uid)).one()
+    return series_pk, created
+
+
+def count_instance(
+    session: Session, study_pk: int, series_pk: int, size: int, now: datetime, new_series: bool
+) -> None:
+    """Move the study and series counters for one more instance."""
+    session.execute(
+        update(Series)
+        .where(Series.id == series_pk)
+        .values(num_instances=Series.num_instances + 1, size_bytes=Series.size_bytes + size)
+    )
+    values: dict[str, Any] = {
+        "num_instances": Study.num_instances + 1,
+        "size_bytes": Study.size_bytes + size,
+        "last_received_at": now,
+        "state": "receiving",
+    }
+    if new_series:
+        values["num_series"] = Study.num_series + 1
+    session.execute(update(Study).where(Study.id == study_pk).values(**values))
+    if new_series:
+        refresh_study_summary(session, study_pk)
+
+
+def refresh_study_summary(session: Session, study_pk: int) -> None:
+    """Recompute ModalitiesInStudy and body parts from the study's series."""
+    rows = session.execute(
+        select(Series.modality, Series.body_part).where(Series.study_pk == study_pk)
+    ).all()
+    modalities = sorted({m for m, _ in rows if m})
+    parts = sorted({b for _, b in rows if b})
+    session.execute(
+        update(Study)
+        .where(Study.id == study_pk)
+        .values(modalities="\\".join(modalities)[:128], body_parts="\\".join(parts)[:256])
+    )
+
+
+def recount(session: Session, study_pk: int) -> None:
+    """Recompute a study's counters from its instances (after deletes or repairs)."""
+    from readingroom.archive.models import Instance
+
+    for series_pk, n, size in session.execute(
+        select(Instance.series_pk, func.count(), func.coalesce(func.sum(Instance.size_bytes), 0))
+        .where(Instance.study_pk == study_pk)
+        .group_by(Instance.series_pk)
+    ).all():
+        session.execute(update(Series).where(Series.id == series_pk).values(num_instances=n, size_bytes=size))
+    n_series, n_inst, size = session.execute(
+        select(func.count(), func.coalesce(func.sum(Series.num_instances), 0),
+               func.coalesce(func.sum(Series.size_bytes), 0))
+        .where(Series.study_pk == study_pk)
+    ).one()
+    session.execute(
+        update(Study).where(Study.id == study_pk).values(num_series=n_series, num_instances=n_inst, size_bytes=size)
+    )
+    refresh_study_summary(session, study_pk)

@@ -1,0 +1,109 @@
+"""Configured DICOM peers: who may call us, and where C-MOVE / send may go."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from readingroom.archive.models import DicomPeer
+from readingroom.clock import utcnow
+from readingroom.runtime import Runtime
+
+
+class PeerError(ValueError):
+    """A peer operation that cannot be done; the message says why."""
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """A peer as the DIMSE edge needs it (detached from any session)."""
+
+    id: int
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    site_id: int | None
+    allow_store: bool
+    allow_query: bool
+    allow_retrieve: bool
+
+    @classmethod
+    def of(cls, p: DicomPeer) -> PeerInfo:
+        return cls(p.id, p.name, p.ae_title, p.host, p.port, p.site_id, p.allow_store, p.allow_query,
+                   p.allow_retrieve)
+
+
+def _check_ae(ae_title: str) -> str:
+    ae = ae_title.strip()
+    if not ae or len(ae) > 16 or "\\" in ae or any(ord(c) < 32 for c in ae):
+        raise PeerError(f"invalid AE title {ae_title!r} (1-16 characters, no backslash or control characters)")
+    return ae
+
+
+def add_peer(
+    session: Session,
+    name: str,
+    ae_title: str,
+    host: str,
+    port: int,
+    *,
+    site_id: int | None = None,
+    description: str = "",
+    allow_store: bool = True,
+    allow_query: bool = True,
+    allow_retrieve: bool = True,
+) -> DicomPeer:
+    """Register a peer; names are unique, AE titles are validated."""
+    if session.scalars(select(DicomPeer).where(DicomPeer.name == name)).first():
+        raise PeerError(f"peer {name!r} already exists")
+    if not 0 < port < 65536:
+        raise PeerError(f"invalid port {port}")
+    peer = DicomPeer(
+        name=name, ae_title=_check_ae(ae_title), host=host, port=port, site_id=site_id,
+        description=description, allow_store=allow_store, allow_query=allow_query,
+        allow_retrieve=allow_retrieve, created_at=utcnow(),
+    )
+    session.add(peer)
+    session.flush()
+    return peer
+
+
+def list_peers(session: Session) -> list[DicomPeer]:
+    return list(session.scalars(select(DicomPeer).order_by(DicomPeer.name)))
+
+
+def remove_peer(session: Session, name: str) -> None:
+    peer = session.scalars(select(DicomPeer).where(DicomPeer.name == name)).first()
+    if peer is None:
+        raise PeerError(f"no peer named {name!r}")
+    session.delete(peer)
+
+
+def get_peer(session: Session, name_or_ae: str) -> DicomPeer | None:
+    """A peer by name, else by AE title."""
+    peer = session.scalars(select(DicomPeer).where(DicomPeer.name == name_or_ae)).first()
+    if peer is None:
+        peer = session.scalars(select(DicomPeer).where(DicomPeer.ae_title == name_or_ae)).first()
+    return peer
+
+
+def peers_by_ae(rt: Runtime) -> dict[str, list[PeerInfo]]:
+    """All peers keyed by AE title (cached briefly; the DIMSE edge asks per association)."""
+
+    def load() -> dict[str, list[PeerInfo]]:
+        with rt.db.read_session() as s:
+            out: dict[str, list[PeerInfo]] = {}
+            for p in list_peers(s):
+                out.setdefault(p.ae_title, []).append(PeerInfo.of(p))
+            return out
+
+    return rt.cached("peers.by_ae", 5.0, load)
+
+
+def peer_info(rt: Runtime, name_or_ae: str) -> PeerInfo | None:
+    with rt.db.read_session() as s:
+        p = get_peer(s, name_or_ae)
+        return PeerInfo.of(p) if p else None

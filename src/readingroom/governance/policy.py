@@ -1,0 +1,39 @@
+"""The one place that answers "may this principal do this action?".
+
+Deny by default: an action not listed for a role is refused. Every edge
+(HTTP routes, DIMSE handlers, CLI) asks here instead of checking roles
+itself. The governance issue extends this with site and case relationships.
+"""
+
+from __future__ import annotations
+
+from readingroom.governance.auth import Principal
+
+ARCHIVE_READ = "archive.read"
+ARCHIVE_STORE = "archive.store"
+ARCHIVE_ADMIN = "archive.admin"
+PEERS_ADMIN = "peers.admin"
+USERS_ADMIN = "users.admin"
+
+_ROLE_ACTIONS: dict[str, frozenset[str]] = {
+    "admin": frozenset({ARCHIVE_READ, ARCHIVE_STORE, ARCHIVE_ADMIN, PEERS_ADMIN, USERS_ADMIN}),
+    "site_admin": frozenset({ARCHIVE_READ, ARCHIVE_STORE, PEERS_ADMIN}),
+    "radiologist": frozenset({ARCHIVE_READ, ARCHIVE_STORE}),
+    "technologist": frozenset({ARCHIVE_READ, ARCHIVE_STORE}),
+    "referring_clinician": frozenset({ARCHIVE_READ}),
+    "consultant": frozenset({ARCHIVE_READ}),
+    "partner": frozenset({ARCHIVE_STORE}),
+    "auditor": frozenset(),
+    "modality": frozenset({ARCHIVE_STORE}),
+}
+
+
+def allowed(principal: Principal | None, action: str) -> bool:
+    """Whether ``principal`` may perform ``action`` (False for anything unknown)."""
+    if principal is None:
+        return False
+    return action in _ROLE_ACTIONS.get(principal.role, frozenset())
+
+
+def actions_for_role(role: str) -> frozenset[str]:
+    return _ROLE_ACTIONS.get(role, frozenset())
