@@ -1,0 +1,5 @@
+"""``python -m readingroom`` runs the CLI."""
+
+from readingroom.cli import main
+
+main()
