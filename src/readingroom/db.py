@@ -84,6 +84,9 @@ def _sqlite_engine(url: str, begin: str) -> Engine:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=60000")
+        # DICOM matching is case-sensitive (except PN, handled with ilike);
+        # this also lets prefix LIKE use the indexes.
+        cur.execute("PRAGMA case_sensitive_like=ON")
         cur.close()
 
     @event.listens_for(engine, "begin")

@@ -30,6 +30,8 @@ from readingroom.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+CONFLICT_REASON = "a different instance with this SOP Instance UID is stored; kept the first"
+
 #: Test hook: callables run at named points of the pipeline (fault injection).
 FAULT_POINTS: dict[str, Callable[[], None]] = {}
 
@@ -167,7 +169,7 @@ def _index(
             if action == "reject":
                 s.commit()
                 _drop_if_unreferenced(rt, key)
-                return _result("conflict", p, "a different instance with this SOP Instance UID is stored; kept the first")
+                return _result("conflict", p, CONFLICT_REASON)
             inst = s.get(Instance, existing.id)
             assert inst is not None
             old_key = inst.blob_key

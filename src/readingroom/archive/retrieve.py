@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from readingroom.archive.models import Instance, Patient, Series, Study
@@ -43,7 +44,7 @@ def _query(
     study_uids: list[str] | None = None,
     series_uids: list[str] | None = None,
     sop_uids: list[str] | None = None,
-):  # type: ignore[no-untyped-def]
+) -> Select[Any]:
     q = (
         select(
             Study.study_uid, Series.series_uid, Instance.sop_uid, Instance.sop_class_uid,
