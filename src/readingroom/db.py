@@ -136,7 +136,8 @@ class Database:
         try:
             yield session
         finally:
-            session.rollback()
+            # close() (not rollback()) ends the transaction but keeps loaded
+            # attributes readable on the now-detached objects.
             session.close()
 
     def upgrade(self, revision: str = "head") -> None:

@@ -100,10 +100,12 @@ def upsert_series(session: Session, p: ParsedInstance, study_pk: int) -> tuple[i
         "performed_start_time": _text(ds, "PerformedProcedureStepStartTime", 16),
         "attrs": p.level_attrs["SERIES"],
     }
-    result = session.execute(_insert(session, Series).values(**values).on_conflict_do_nothing())
-    created = bool(result.rowcount)
-    series_pk = session.scalars(select(Series.id).where(Series.series_uid == p.series_uid)).one()
-    return series_pk, created
+    inserted = session.execute(
+        _insert(session, Series).values(**values).on_conflict_do_nothing().returning(Series.id)
+    ).scalar()
+    if inserted is not None:
+        return inserted, True
+    return session.scalars(select(Series.id).where(Series.series_uid == p.series_uid)).one(), False
 
 
 def count_instance(

@@ -249,7 +249,8 @@ def _image_attrs(ds: Dataset, spec: StudySpec, exam: _Exam, label: str, i: int, 
     if mod in ("CT", "MR"):
         step = exam.coverage_mm / spec.n_instances
         z = round(exam.coverage_mm / 2 - i * step, 4)
-        ds.ImagePositionPatient = [round(-exam.fov_mm / 2 + spacing / 2, 4), round(-exam.fov_mm / 2 + spacing / 2, 4), z]
+        corner = round(-exam.fov_mm / 2 + spacing / 2, 4)
+        ds.ImagePositionPatient = [corner, corner, z]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.SliceThickness, ds.SliceLocation = round(step, 4), z
         ds.PatientPosition, ds.PositionReferenceIndicator = "HFS", ""
@@ -275,7 +276,7 @@ def _image_attrs(ds: Dataset, spec: StudySpec, exam: _Exam, label: str, i: int, 
         if label == "T1 POST":
             ds.ContrastBolusAgent = "GADOBUTROL"
     elif mod in ("CR", "DX"):
-        ds.ImagerPixelSpacing = ds.PixelSpacing
+        ds.ImagerPixelSpacing = [round(spacing, 6), round(spacing, 6)]
         ds.ViewPosition, ds.PatientOrientation = label, ["P", "F"] if label == "LAT" else ["L", "F"]
         ds.ImageType = ["ORIGINAL", "PRIMARY"]
         ds.KVP, ds.ExposureInuAs, ds.WindowCenter, ds.WindowWidth = 110, 2500, 2048, 4096
@@ -284,6 +285,7 @@ def _image_attrs(ds: Dataset, spec: StudySpec, exam: _Exam, label: str, i: int, 
         if mod == "DX":
             ds.PresentationIntentType, ds.DetectorType = "FOR PRESENTATION", "DIRECT"
             ds.PixelIntensityRelationship, ds.PixelIntensityRelationshipSign = "LOG", 1
+            ds.PresentationLUTShape, ds.ImageLaterality = "IDENTITY", "U"
     else:
         ds.ImageType, ds.PatientOrientation, ds.BurnedInAnnotation = ["ORIGINAL", "PRIMARY", "ABDOMINAL"], "", "NO"
         region = Dataset()
@@ -303,6 +305,8 @@ def generate_study(spec: StudySpec, seed: int) -> Iterator[Dataset]:
     """Yield the study's instances as complete Part-10 ready Datasets (Explicit VR Little Endian)."""
     if spec.modality not in _CATALOG:
         raise ValueError(f"unsupported modality {spec.modality!r}; expected one of {sorted(_CATALOG)}")
+    if spec.n_series < 1 or spec.n_instances < 1 or seed < 0:
+        raise ValueError(f"need n_series >= 1, n_instances >= 1 and seed >= 0, got {spec} seed={seed}")
     exam = _exam(spec)
     key = _h(seed, spec.accession, spec.site.code, spec.patient_index)
     study, start = _study_attrs(spec, seed, exam, key)

@@ -112,7 +112,7 @@ def _chest(t: float) -> list[Shape]:
         shapes.append((-0.05, -0.1, 0.07, 0.07, 0, "blood"))
     if t > 0.85:
         shapes.append((-0.4, 0.05, 0.3 * (t - 0.85) / 0.15, 0.35 * (t - 0.85) / 0.15, 0, "liver"))
-    return shapes + [(0, 0.92, 0.8, 0.04, 0, "table")]
+    return [*shapes, (0, 0.92, 0.8, 0.04, 0, "table")]
 
 
 def _abdomen(t: float) -> list[Shape]:
@@ -131,7 +131,7 @@ def _abdomen(t: float) -> list[Shape]:
         shapes += [(-0.5, 0.3, 0.2, 0.08, -30, "bone"), (0.5, 0.3, 0.2, 0.08, 30, "bone")]
     if t > 0.85:
         shapes.append((0, -0.05, 0.22, 0.16, 0, "fluid"))
-    return shapes + [(0, 0.92, 0.8, 0.04, 0, "table")]
+    return [*shapes, (0, 0.92, 0.8, 0.04, 0, "table")]
 
 
 _REGIONS = {"head": _head, "chest": _chest, "abdomen": _abdomen}
