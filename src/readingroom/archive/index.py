@@ -19,7 +19,8 @@ from readingroom.archive.models import Patient, Series, Study
 from readingroom.archive.parsing import ParsedInstance
 
 
-def _insert(session: Session, model: Any) -> Any:
+def insert_for(session: Session, model: Any) -> Any:
+    """A dialect-specific INSERT that supports ON CONFLICT (PostgreSQL and SQLite)."""
     if session.get_bind().dialect.name == "postgresql":
         return postgresql.insert(model)
     return sqlite.insert(model)
@@ -56,7 +57,7 @@ def upsert_patient(session: Session, p: ParsedInstance, now: datetime) -> int:
         "created_at": now,
         "updated_at": now,
     }
-    session.execute(_insert(session, Patient).values(**values).on_conflict_do_nothing())
+    session.execute(insert_for(session, Patient).values(**values).on_conflict_do_nothing())
     return session.scalars(
         select(Patient.id).where(Patient.patient_id == pid, Patient.issuer == issuer)
     ).one()
@@ -82,7 +83,7 @@ def upsert_study(
         "last_received_at": now,
         "attrs": p.level_attrs["STUDY"],
     }
-    session.execute(_insert(session, Study).values(**values).on_conflict_do_nothing())
+    session.execute(insert_for(session, Study).values(**values).on_conflict_do_nothing())
     return session.scalars(select(Study.id).where(Study.study_uid == p.study_uid)).one()
 
 
@@ -101,7 +102,7 @@ def upsert_series(session: Session, p: ParsedInstance, study_pk: int) -> tuple[i
         "attrs": p.level_attrs["SERIES"],
     }
     inserted = session.execute(
-        _insert(session, Series).values(**values).on_conflict_do_nothing().returning(Series.id)
+        insert_for(session, Series).values(**values).on_conflict_do_nothing().returning(Series.id)
     ).scalar()
     if inserted is not None:
         return inserted, True

@@ -11,13 +11,17 @@ visible half-written.
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
 
 from readingroom.archive import index
 from readingroom.archive.blobs import blob_key, copy_to_staging, file_sha256
@@ -25,6 +29,7 @@ from readingroom.archive.models import IngestConflict, Instance
 from readingroom.archive.parsing import InvalidInstance, ParsedInstance, parse_file
 from readingroom.clock import utcnow
 from readingroom.governance import audit
+from readingroom.governance.models import AuditRecord
 from readingroom.governance.sites import site_for_institution
 from readingroom.runtime import Runtime
 
@@ -139,6 +144,7 @@ def _index_with_retry(
             # Lost a race with another writer (same study/series/instance at once)
             # or a serialization failure: the retry sees the winner's rows.
             last = exc
+            _ID_CACHE.clear()
     assert last is not None
     raise last
 
@@ -146,78 +152,140 @@ def _index_with_retry(
 def _index(
     rt: Runtime, p: ParsedInstance, sha: str, key: str, *, actor: str, source: str, site_id: int | None
 ) -> IngestResult:
+    """Index one committed blob in one transaction (hot path: a handful of Core statements)."""
     now = utcnow()
-    old_key: str | None = None
+    values = _instance_values(p, sha, key, now, source)
     with rt.db.session() as s:
-        existing = s.execute(
-            select(Instance.id, Instance.sha256, Instance.blob_key, Instance.study_pk, Instance.size_bytes)
-            .where(Instance.sop_uid == p.sop_uid)
-        ).first()
-        if existing is not None:
-            if existing.sha256 == sha:
-                return _result("duplicate", p, "identical instance already stored")
-            action = "overwrite" if rt.settings.duplicate_policy == "overwrite" else "reject"
-            s.add(IngestConflict(
-                sop_uid=p.sop_uid, study_uid=p.study_uid, received_at=now, source=source,
-                existing_sha256=existing.sha256, received_sha256=sha, action=action,
-            ))
-            audit.record(
-                s, actor=actor, source=source, action="instance.conflict", resource_type="instance",
-                resource_id=p.sop_uid, outcome="warning",
-                reason=f"same SOP Instance UID with different content; policy {action}",
-            )
-            if action == "reject":
-                s.commit()
-                _drop_if_unreferenced(rt, key)
-                return _result("conflict", p, CONFLICT_REASON)
-            inst = s.get(Instance, existing.id)
-            assert inst is not None
-            old_key = inst.blob_key
-            _fill_instance(inst, p, sha, key, now, source)
-            s.flush()
-            index.recount(s, existing.study_pk)
-            status = "replaced"
-        else:
+        cache_key = f"{rt.db.url}|{p.series_uid}"
+        known = _ID_CACHE.get(cache_key)
+        new_series = False
+        if known is None:
             if site_id is None:
                 site_id = site_for_institution(rt, str(p.dataset.get("InstitutionName", "") or ""))
             patient_pk = index.upsert_patient(s, p, now)
             study_pk = index.upsert_study(s, p, patient_pk, site_id, now)
             series_pk, new_series = index.upsert_series(s, p, study_pk)
-            inst = Instance(sop_uid=p.sop_uid, series_pk=series_pk, study_pk=study_pk)
-            _fill_instance(inst, p, sha, key, now, source)
-            s.add(inst)
-            s.flush()
-            index.count_instance(s, study_pk, series_pk, p.file_size, now, new_series)
-            status = "stored"
-        audit.record(
-            s, actor=actor, source=source, action="instance.store", resource_type="instance",
-            resource_id=p.sop_uid, patient_id=str(p.dataset.get("PatientID", "") or ""),
-            detail={"study": p.study_uid, "series": p.series_uid, "size": p.file_size},
-        )
+        else:
+            study_pk, series_pk = known
+        inst_id = s.execute(
+            index.insert_for(s, Instance)
+            .values(series_pk=series_pk, study_pk=study_pk, **values)
+            .on_conflict_do_nothing()
+            .returning(Instance.id)
+        ).scalar()
+        if inst_id is None:
+            return _index_existing(rt, s, p, sha, key, values, actor=actor, source=source)
+        index.count_instance(s, study_pk, series_pk, p.file_size, now, new_series)
+        _audit_store(s, p, actor, source, now)
         _fault("before_index_commit")
-    if old_key and old_key != key:
-        rt.blobs.delete(old_key)
-    return _result(status, p)
+    _ID_CACHE.put(cache_key, (study_pk, series_pk))
+    return _result("stored", p)
 
 
-def _fill_instance(inst: Instance, p: ParsedInstance, sha: str, key: str, now: object, source: str) -> None:
+def _audit_store(s: Session, p: ParsedInstance, actor: str, source: str, now: datetime) -> None:
+    s.execute(insert(AuditRecord).values(
+        at=now, actor=actor[:128], source=source[:128], action="instance.store", resource_type="instance",
+        resource_id=p.sop_uid, patient_id=str(p.dataset.get("PatientID", "") or "")[:64], outcome="success",
+        detail={"study": p.study_uid, "series": p.series_uid, "size": p.file_size}, reason="",
+    ))
+
+
+def _index_existing(
+    rt: Runtime, s: Session, p: ParsedInstance, sha: str, key: str, values: dict[str, Any], *, actor: str,
+    source: str,
+) -> IngestResult:
+    """The SOP Instance UID is already indexed: idempotent, conflict, or overwrite."""
+    now = values["received_at"]
+    existing = s.execute(
+        select(Instance.id, Instance.sha256, Instance.blob_key, Instance.study_pk)
+        .where(Instance.sop_uid == p.sop_uid)
+    ).one()
+    if existing.sha256 == sha:
+        return _result("duplicate", p, "identical instance already stored")
+    action = "overwrite" if rt.settings.duplicate_policy == "overwrite" else "reject"
+    s.add(IngestConflict(
+        sop_uid=p.sop_uid, study_uid=p.study_uid, received_at=now, source=source,
+        existing_sha256=existing.sha256, received_sha256=sha, action=action,
+    ))
+    audit.record(
+        s, actor=actor, source=source, action="instance.conflict", resource_type="instance",
+        resource_id=p.sop_uid, outcome="warning",
+        reason=f"same SOP Instance UID with different content; policy {action}",
+    )
+    if action == "reject":
+        s.commit()
+        _drop_if_unreferenced(rt, key)
+        return _result("conflict", p, CONFLICT_REASON)
+    s.execute(update(Instance).where(Instance.id == existing.id).values(**values))
+    index.recount(s, existing.study_pk)
+    _audit_store(s, p, actor, source, now)
+    _fault("before_index_commit")
+    s.commit()
+    if existing.blob_key != key:
+        rt.blobs.delete(existing.blob_key)
+    return _result("replaced", p)
+
+
+def _instance_values(p: ParsedInstance, sha: str, key: str, now: datetime, source: str) -> dict[str, Any]:
     ds = p.dataset
-    inst.sop_class_uid = p.sop_class_uid
-    inst.instance_number = index._int(ds, "InstanceNumber")
-    inst.rows = index._int(ds, "Rows")
-    inst.columns = index._int(ds, "Columns")
-    inst.bits_allocated = index._int(ds, "BitsAllocated")
-    inst.number_of_frames = index._int(ds, "NumberOfFrames")
-    inst.transfer_syntax_uid = p.transfer_syntax_uid
-    inst.blob_key = key
-    inst.size_bytes = p.file_size
-    inst.sha256 = sha
-    inst.pixel_offset = p.pixel_offset
-    inst.pixel_length = p.pixel_length
-    inst.received_at = now  # type: ignore[assignment]
-    inst.source = source[:128]
-    inst.attrs = p.level_attrs["IMAGE"]
-    inst.metadata_json = p.metadata_json()
+    return {
+        "sop_uid": p.sop_uid,
+        "sop_class_uid": p.sop_class_uid,
+        "instance_number": index._int(ds, "InstanceNumber"),
+        "rows": index._int(ds, "Rows"),
+        "columns": index._int(ds, "Columns"),
+        "bits_allocated": index._int(ds, "BitsAllocated"),
+        "number_of_frames": index._int(ds, "NumberOfFrames"),
+        "transfer_syntax_uid": p.transfer_syntax_uid,
+        "blob_key": key,
+        "size_bytes": p.file_size,
+        "sha256": sha,
+        "pixel_offset": p.pixel_offset,
+        "pixel_length": p.pixel_length,
+        "received_at": now,
+        "source": source[:128],
+        "attrs": p.level_attrs["IMAGE"],
+        "metadata_json": p.metadata_json(),
+    }
+
+
+class _IdCache:
+    """Series UID -> (study key, series key), so most instances skip three upserts.
+
+    Only filled after a commit; any integrity error clears it (a study may
+    have been deleted meanwhile), and the retry takes the slow path.
+    """
+
+    def __init__(self, size: int = 20_000) -> None:
+        self._data: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> tuple[int, int] | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: tuple[int, int]) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self._size:
+                self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+_ID_CACHE = _IdCache()
+
+
+def forget_cached_ids() -> None:
+    """Forget cached study/series keys (after deletes, merges, restores)."""
+    _ID_CACHE.clear()
 
 
 def _drop_if_unreferenced(rt: Runtime, key: str) -> None:

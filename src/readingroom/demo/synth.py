@@ -64,6 +64,9 @@ SITE_MODALITIES: dict[str, tuple[str, ...]] = {
     "HUB": ("CT", "MR", "CR", "DX", "US"), "STB": ("CT", "MR", "CR", "US"),
     "LKS": ("CT", "MR", "DX", "US"), "MVG": ("CT", "CR", "US"), "CDH": ("DX", "US"),
 }
+#: Standard-time UTC offsets, matching the zones ``readingroom.demo.seed`` gives the sites.
+_SITE_UTC_HOURS = {"HUB": -5, "STB": -5, "LKS": -6, "MVG": -6, "CDH": -8}
+#: Fixed root so demo UIDs are recognisable and reproducible (swap for the project's own root if it gets one).
 UID_ROOT = "1.2.826.0.1.3680043.10.1234."
 BASE_DATE = date(2025, 3, 14)  # "today" of the demo world: fixed, so files never depend on the clock
 
@@ -88,9 +91,9 @@ _DEFAULT_SIZE = {"CT": (256, 256), "MR": (256, 256), "CR": (512, 512), "DX": (51
 class _Exam:
     description: str
     body_part: str
-    region: str  # phantom: head | chest | abdomen for CT/MR, view/organ labels for CR/US
-    coverage_mm: float  # cranio-caudal extent of the stack (CT/MR) or field of view (CR/US)
-    fov_mm: float
+    region: str  # CT/MR phantom: head | chest | abdomen
+    coverage_mm: float  # cranio-caudal extent of a CT/MR stack
+    fov_mm: float  # in-plane field of view (image width)
     series: tuple[str, ...]  # CT reconstruction, MR weighting, CR view or US organ per series
     contrast: bool = False
 
@@ -116,7 +119,11 @@ _MR_PARAMS = {"T1": ("SE", 550, 12, 0, 3), "T2": ("SE", 4500, 95, 0, 16), "FLAIR
 
 @dataclass(frozen=True)
 class StudySpec:
-    """What to generate; ``patient_index`` fixes the patient, ``days_ago`` the date before BASE_DATE."""
+    """What to generate; ``patient_index`` fixes the patient, ``days_ago`` the date before BASE_DATE.
+
+    ``multiframe`` only applies to US: each series is then one cine instance of
+    ``n_instances`` frames. ``rows``/``columns`` of 0 pick the modality default.
+    """
 
     modality: str
     n_series: int
@@ -136,6 +143,7 @@ def _h(*parts: object) -> int:
 
 
 def _uid(*parts: object) -> UID:
+    """A UID under UID_ROOT that is a pure function of ``parts`` (seed + full spec + position)."""
     return generate_uid(prefix=UID_ROOT, entropy_srcs=["|".join(map(str, parts))])
 
 
@@ -149,16 +157,17 @@ def _birth_date(index: int) -> date:
     return date(1938 + h % 68, 1 + (h >> 8) % 12, 1 + (h >> 16) % 28)
 
 
-def _tz_offset(d: date) -> str:
-    """US Eastern offset for the date (DST from the 2nd Sunday of March to the 1st Sunday of November)."""
+def _tz_offset(site: SiteInfo, d: date) -> str:
+    """The site's UTC offset on that date (US DST: 2nd Sunday of March to 1st Sunday of November)."""
     start = date(d.year, 3, 8) + timedelta(days=(6 - date(d.year, 3, 8).weekday()) % 7)
     end = date(d.year, 11, 1) + timedelta(days=(6 - date(d.year, 11, 1).weekday()) % 7)
-    return "-0400" if start <= d < end else "-0500"
+    return f"{_SITE_UTC_HOURS.get(site.code, -5) + (start <= d < end):+03d}00"
 
 
-def _exam(spec: StudySpec) -> _Exam:
-    catalog = _CATALOG[spec.modality]
-    return catalog[_h("exam", spec.patient_index, spec.modality) % len(catalog)]
+def _exam(patient_index: int, modality: str) -> _Exam:
+    """The exam a patient gets on a modality: seed-independent, so follow-ups repeat it (comparable priors)."""
+    catalog = _CATALOG[modality]
+    return catalog[_h("exam", patient_index, modality) % len(catalog)]
 
 
 def _study_attrs(spec: StudySpec, seed: int, exam: _Exam, key: int) -> tuple[dict[str, object], datetime]:
@@ -174,12 +183,12 @@ def _study_attrs(spec: StudySpec, seed: int, exam: _Exam, key: int) -> tuple[dic
         "PatientName": name, "PatientID": _patient_id(spec.patient_index),
         "IssuerOfPatientID": spec.site.issuer_of_patient_id, "PatientBirthDate": birth.strftime("%Y%m%d"),
         "PatientSex": sex, "PatientAge": f"{max(age, 0):03d}Y",
-        "StudyInstanceUID": _uid(seed, "study", spec.accession, spec.site.code, spec.patient_index, spec.days_ago),
+        "StudyInstanceUID": _uid(seed, spec, "study"),
         "StudyDate": start.strftime("%Y%m%d"), "StudyTime": start.strftime("%H%M%S"),
         "AccessionNumber": spec.accession, "StudyID": str(key % 100_000),
         "StudyDescription": exam.description, "RequestedProcedureDescription": exam.description,
         "ReferringPhysicianName": physician, "InstitutionName": spec.site.institution_name,
-        "InstitutionalDepartmentName": "Radiology", "TimezoneOffsetFromUTC": _tz_offset(study_date),
+        "InstitutionalDepartmentName": "Radiology", "TimezoneOffsetFromUTC": _tz_offset(spec.site, study_date),
         "BodyPartExamined": exam.body_part,
     }
     if not all(t.isascii() for t in texts):
@@ -201,13 +210,13 @@ def _series_attrs(spec: StudySpec, seed: int, exam: _Exam, key: int, index: int,
         description += f" ({index // len(exam.series) + 1})"
     manufacturer, model = _VENDORS[mod]
     attrs: dict[str, object] = {
-        "Modality": mod, "SeriesInstanceUID": _uid(seed, "series", spec.accession, index),
+        "Modality": mod, "SeriesInstanceUID": _uid(seed, spec, "series", index),
         "SeriesNumber": index + 1, "SeriesDescription": description,
         "SeriesDate": when.strftime("%Y%m%d"), "SeriesTime": when.strftime("%H%M%S"),
         "PerformedProcedureStepStartDate": start.strftime("%Y%m%d"),
         "PerformedProcedureStepStartTime": start.strftime("%H%M%S"),
         "PerformedProcedureStepID": f"PPS{key % 10**9}",
-        "ProtocolName": f"{exam.description.split(' ', 1)[1]} {label}"[:64],
+        "ProtocolName": f"{exam.description} {label}",
         "StationName": f"{spec.site.station_prefix}{mod}{1 + key % 3:02d}",
         "Manufacturer": manufacturer, "ManufacturerModelName": model,
         "DeviceSerialNumber": str(10_000 + _h(spec.site.code, mod) % 90_000), "SoftwareVersions": "4.2.1",
@@ -223,21 +232,6 @@ def _request_item(spec: StudySpec, exam: _Exam) -> Dataset:
     item.AccessionNumber = spec.accession
     item.RequestedProcedureDescription = exam.description
     return item
-
-
-def _pixels(spec: StudySpec, exam: _Exam, label: str, t: float, rng: np.random.Generator,
-            rows: int, cols: int) -> np.ndarray:
-    if spec.modality == "CT":
-        noise = 20.0 if label in ("BONE", "LUNG") else 8.0
-        return px.ct_slice(exam.region, t, rows, cols, rng, contrast=exam.contrast, noise_hu=noise)
-    if spec.modality == "MR":
-        return px.mr_slice(exam.region, label, t, rows, cols, rng)
-    if spec.modality in ("CR", "DX"):
-        return px.cr_image(label, rows, cols, rng)
-    organ = "kidney" if "KIDNEY" in label else "bladder" if label == "BLADDER" else "liver"
-    frames = spec.n_instances if spec.multiframe else 1
-    arr = px.us_frames(organ, frames, rows, cols, rng)
-    return arr if spec.multiframe else arr[0]
 
 
 def _image_attrs(ds: Dataset, spec: StudySpec, exam: _Exam, label: str, i: int, rows: int, cols: int) -> None:
@@ -307,15 +301,15 @@ def generate_study(spec: StudySpec, seed: int) -> Iterator[Dataset]:
         raise ValueError(f"unsupported modality {spec.modality!r}; expected one of {sorted(_CATALOG)}")
     if spec.n_series < 1 or spec.n_instances < 1 or seed < 0:
         raise ValueError(f"need n_series >= 1, n_instances >= 1 and seed >= 0, got {spec} seed={seed}")
-    exam = _exam(spec)
-    key = _h(seed, spec.accession, spec.site.code, spec.patient_index)
+    exam = _exam(spec.patient_index, spec.modality)
+    key = _h(seed, spec)
     study, start = _study_attrs(spec, seed, exam, key)
     rows = spec.rows or _DEFAULT_SIZE[spec.modality][0]
     cols = spec.columns or _DEFAULT_SIZE[spec.modality][1]
-    frame_of_ref = _uid(seed, "for", spec.accession)
+    frame_of_ref = _uid(seed, spec, "frame-of-reference")
     multiframe = spec.modality == "US" and spec.multiframe
     sop_class = UltrasoundMultiFrameImageStorage if multiframe else _SOP_CLASSES[spec.modality]
-    per_series = 1 if multiframe else spec.n_instances
+    per_series, frames = (1, spec.n_instances) if multiframe else (spec.n_instances, 1)
     for s in range(spec.n_series):
         series, label, when = _series_attrs(spec, seed, exam, key, s, start)
         for i in range(per_series):
@@ -323,7 +317,7 @@ def generate_study(spec: StudySpec, seed: int) -> Iterator[Dataset]:
             ds.update(study)
             ds.update(series)
             ds.SOPClassUID = sop_class
-            ds.SOPInstanceUID = _uid(seed, "instance", spec.accession, s, i)
+            ds.SOPInstanceUID = _uid(seed, spec, "instance", s, i)
             ds.InstanceNumber = i + 1
             content = when + timedelta(seconds=i)
             ds.ContentDate, ds.ContentTime = content.strftime("%Y%m%d"), content.strftime("%H%M%S")
@@ -335,7 +329,8 @@ def generate_study(spec: StudySpec, seed: int) -> Iterator[Dataset]:
             _image_attrs(ds, spec, exam, label, i, rows, cols)
             rng = np.random.default_rng([seed, key % 2**32, s, i])
             t = i / max(per_series - 1, 1)
-            arr = _pixels(spec, exam, label, t, rng, rows, cols)
+            arr = px.render(spec.modality, exam.region, label, t, rows, cols, rng, contrast=exam.contrast,
+                            frames=frames)
             if spec.modality == "US":
                 ds.set_pixel_data(arr, "RGB", 8, generate_instance_uid=False)
                 if multiframe:
@@ -356,7 +351,7 @@ def demo_specs(n_studies: int = 20, seed: int = 0) -> list[StudySpec]:
     rnd = random.Random(seed)
     cycle = ("CT", "MR", "CR", "US", "CT", "MR", "DX", "CT", "US", "CR")
     n_patients = max(1, round(n_studies * 0.6))
-    history: dict[int, list[StudySpec]] = {}
+    first_study: dict[int, StudySpec] = {}
     specs: list[StudySpec] = []
     for i in range(n_studies):
         if i < n_patients:
@@ -371,19 +366,19 @@ def demo_specs(n_studies: int = 20, seed: int = 0) -> list[StudySpec]:
             days_ago = rnd.randint(0, 14)
         else:  # a prior for an existing patient at the same site, usually the same modality
             patient = rnd.randrange(n_patients)
-            first = history[patient][0]
+            first = first_study[patient]
             site = first.site
             modality = first.modality if rnd.random() < 0.7 else rnd.choice(SITE_MODALITIES[site.code])
             days_ago = rnd.randint(60, 1800)
         n_series, n_inst, multiframe = {
             "CT": (rnd.randint(2, 3), rnd.choice((40, 48, 64)), False),
             "MR": (rnd.randint(3, 4), rnd.choice((20, 24)), False),
-            "CR": (rnd.randint(1, 2), 1, False), "DX": (rnd.randint(1, 2), 1, False),
+            "CR": (len(_exam(patient, "CR").series), 1, False), "DX": (len(_exam(patient, "DX").series), 1, False),
             "US": (2, rnd.randint(24, 32), True) if rnd.random() < 0.5 else (1, rnd.randint(8, 12), False),
         }[modality]
         spec = StudySpec(modality, n_series, n_inst, site, patient, days_ago,
                          f"{site.code}{seed % 1000:03d}{i + 1:05d}", multiframe=multiframe)
-        history.setdefault(patient, []).append(spec)
+        first_study.setdefault(patient, spec)
         specs.append(spec)
     return specs
 
@@ -404,25 +399,21 @@ def write_demo_dataset(out_dir: Path, n_studies: int = 20, seed: int = 0) -> lis
     return [p for spec in demo_specs(n_studies, seed) for p in write_study(spec, seed, out_dir)]
 
 
-_ENCODERS: dict[str, tuple[str, str]] = {
-    "rle": (RLELossless, "pydicom"),
-    "jpeg-ls-lossless": (JPEGLSLossless, "pyjpegls"),
+_ENCODERS: dict[str, tuple[str, str]] = {  # name -> (transfer syntax, pydicom encoding plugin)
+    "rle": (RLELossless, "pydicom"), "jpeg-ls-lossless": (JPEGLSLossless, "pyjpegls"),
     "jpeg2000-lossless": (JPEG2000Lossless, "pylibjpeg"),
 }
-_NOT_SUPPORTED: dict[str, str] = {
-    "jpeg-baseline": "pydicom has no JPEG (ISO 10918) encoder; use dcmtk's dcmcjpeg",
-    "jpeg-lossless": "pydicom has no JPEG (ISO 10918) encoder; use dcmtk's dcmcjpeg",
-    "jpeg-extended": "pydicom has no JPEG (ISO 10918) encoder; use dcmtk's dcmcjpeg",
-    "jpeg-ls-near-lossless": "lossy syntaxes are not produced here: demo copies must decode to identical pixels",
-    "jpeg2000": "lossy syntaxes are not produced here: demo copies must decode to identical pixels",
-}
+_NO_JPEG = "pydicom has no JPEG (ISO 10918) encoder; use dcmtk's dcmcjpeg"
+_LOSSY = "lossy syntaxes are not produced here: the copies must decode to identical pixels"
+_NOT_SUPPORTED = {"jpeg-baseline": _NO_JPEG, "jpeg-lossless": _NO_JPEG, "jpeg-extended": _NO_JPEG,
+                  "jpeg-ls-near-lossless": _LOSSY, "jpeg2000": _LOSSY}
 
 
 def compress(paths: list[Path], syntax: str, out_dir: Path) -> list[Path]:
     """Re-encode copies of ``paths`` losslessly into ``out_dir`` (relative layout kept, UIDs unchanged).
 
-    A lossless transcode keeps the SOP Instance UID (PS3.5 8.2.1), which lets
-    tests compare originals and copies instance by instance.
+    A lossless change of transfer syntax leaves the instance the same, so the
+    SOP Instance UID is kept; tests can then pair originals and copies by UID.
     """
     if syntax in _NOT_SUPPORTED:
         raise ValueError(f"cannot compress to {syntax!r}: {_NOT_SUPPORTED[syntax]}")

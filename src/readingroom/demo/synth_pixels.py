@@ -215,3 +215,22 @@ def us_frames(organ: str, n_frames: int, rows: int, cols: int, rng: np.random.Ge
         out[f][flow & sector] = (210, 40, 40) if math.sin(2 * math.pi * f / 12) >= 0 else (40, 60, 220)
         out[f, :: max(rows // 12, 1), cols - 6: cols - 2] = (230, 210, 40)
     return out
+
+
+def render(modality: str, region: str, label: str, t: float, rows: int, cols: int, rng: np.random.Generator,
+           *, contrast: bool = False, frames: int = 1) -> np.ndarray:
+    """Pixels for one instance: ``label`` is the CT reconstruction, MR weighting, X-ray view or US organ.
+
+    ``t`` in [0, 1] is the position in the stack; US returns ``frames`` frames
+    when more than one is asked for (a cine), otherwise a single RGB frame.
+    """
+    if modality == "CT":
+        noise = 20.0 if label in ("BONE", "LUNG") else 8.0  # sharp kernels are noisier
+        return ct_slice(region, t, rows, cols, rng, contrast=contrast, noise_hu=noise)
+    if modality == "MR":
+        return mr_slice(region, label, t, rows, cols, rng)
+    if modality in ("CR", "DX"):
+        return cr_image(label, rows, cols, rng)
+    organ = "kidney" if "KIDNEY" in label else "bladder" if label == "BLADDER" else "liver"
+    arr = us_frames(organ, frames, rows, cols, rng)
+    return arr if frames > 1 else arr[0]
