@@ -4,8 +4,10 @@ deterministic, complete, internally consistent and decodable (also after lossles
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -23,6 +25,7 @@ from pydicom.uid import (
     UltrasoundMultiFrameImageStorage,
 )
 
+from readingroom.demo import synth
 from readingroom.demo.synth import (
     DEMO_SITES,
     StudySpec,
@@ -97,6 +100,22 @@ def test_same_spec_and_seed_give_byte_identical_files(tmp_path: Path) -> None:
     uids_a = {dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in a}
     uids_c = {dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in c}
     assert uids_a.isdisjoint(uids_c), "a different seed must give different UIDs"
+
+
+def test_output_does_not_depend_on_the_process(tmp_path: Path) -> None:
+    """Nothing may hang on hash() salting, the clock or import order: compare with a fresh interpreter."""
+    spec = small_specs()[0]
+    here = digests(write_study(spec, 5, tmp_path / "here"), tmp_path / "here")
+    script = (
+        "import hashlib, sys; from pathlib import Path; from readingroom.demo.synth import *; "
+        f"spec = {spec!r}; root = Path(sys.argv[1]); "
+        "[print(p.relative_to(root), hashlib.sha256(p.read_bytes()).hexdigest()) for p in write_study(spec, 5, root)]"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(Path(synth.__file__).parents[2])}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "there")], env=env, check=True,
+                          capture_output=True, text=True)
+    there = dict(line.split(" ") for line in done.stdout.splitlines())
+    assert there == here
 
 
 def test_demo_specs_are_deterministic_and_mixed() -> None:

@@ -350,7 +350,7 @@ def demo_specs(n_studies: int = 20, seed: int = 0) -> list[StudySpec]:
     """A mixed worklist: every site and modality represented, ~40% of studies are priors."""
     rnd = random.Random(seed)
     cycle = ("CT", "MR", "CR", "US", "CT", "MR", "DX", "CT", "US", "CR")
-    n_patients = max(1, round(n_studies * 0.6))
+    n_patients = min(n_studies, max(len(DEMO_SITES), round(n_studies * 0.6)))  # every site gets a patient
     first_study: dict[int, StudySpec] = {}
     specs: list[StudySpec] = []
     for i in range(n_studies):
