@@ -67,7 +67,7 @@ SITE_MODALITIES: dict[str, tuple[str, ...]] = {
 #: Standard-time UTC offsets, matching the zones ``readingroom.demo.seed`` gives the sites.
 _SITE_UTC_HOURS = {"HUB": -5, "STB": -5, "LKS": -6, "MVG": -6, "CDH": -8}
 #: Fixed root so demo UIDs are recognisable and reproducible (swap for the project's own root if it gets one).
-UID_ROOT = "1.2.826.0.1.3680043.10.1234."
+UID_ROOT: str | None = None  # None: UUID-derived "2.25." UIDs (PS3.5 B.2), no organisation root needed
 BASE_DATE = date(2025, 3, 14)  # "today" of the demo world: fixed, so files never depend on the clock
 
 _PATIENTS: tuple[tuple[str, str], ...] = (
@@ -143,8 +143,12 @@ def _h(*parts: object) -> int:
 
 
 def _uid(*parts: object) -> UID:
-    """A UID under UID_ROOT that is a pure function of ``parts`` (seed + full spec + position)."""
-    return generate_uid(prefix=UID_ROOT, entropy_srcs=["|".join(map(str, parts))])
+    """A UID (2.25 UUID form) that is a pure function of ``parts`` (seed + full spec + position)."""
+    text = "|".join(map(str, parts))
+    if UID_ROOT:
+        return generate_uid(prefix=UID_ROOT, entropy_srcs=[text])
+    # PS3.5 B.2: "2.25." + a 128-bit number; derived from a hash so it is repeatable.
+    return UID("2.25." + str(int.from_bytes(hashlib.sha256(text.encode()).digest()[:16], "big")))
 
 
 def _patient_id(index: int) -> str:
