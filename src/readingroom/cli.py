@@ -128,10 +128,8 @@ def import_(
         f"skipped {len(report.skipped)}"
     )
     if report.skipped:
-        table = Table("skipped", "reason")
         for name, reason in report.skipped[:200]:
-            table.add_row(name, reason)
-        console.print(table)
+            console.print(f"skipped {name}: {reason}", soft_wrap=True, markup=False, highlight=False)
         if len(report.skipped) > 200:
             console.print(f"... and {len(report.skipped) - 200} more")
     rt.close()
