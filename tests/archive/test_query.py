@@ -36,7 +36,7 @@ def _q(rt, level, filters, **kw):
 
 
 def test_levels_and_counts(loaded) -> None:
-    rt, uids = loaded
+    rt, _uids = loaded
     assert len(_q(rt, "PATIENT", {})) == 2
     assert len(_q(rt, "STUDY", {})) == 3
     assert len(_q(rt, "SERIES", {})) == 3
