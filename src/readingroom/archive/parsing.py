@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 import orjson
 from pydicom import dcmread
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
@@ -122,6 +122,26 @@ def _pixel_extent(fp: BinaryIO, pos: int, size: int, ts: str) -> tuple[int, int,
             raise InvalidInstance("truncated: an encapsulated pixel data fragment is cut short")
 
 
+def _cut_short(ds: Dataset, stop: int) -> bool:
+    """Whether the header was cut off by the end of the file.
+
+    pydicom silently accepts a value shorter than its declared length at EOF
+    and stops quietly on a partial element header, so check that the last
+    element (highest tag) ends exactly where parsing stopped. Sequences are
+    read eagerly and carry no position; a header ending in one is not judged.
+    """
+    tags = list(ds.keys())
+    for tag in tags:
+        elem = ds.get_item(tag)
+        if (isinstance(elem, RawDataElement) and elem.value is not None and elem.length != 0xFFFFFFFF
+                and len(elem.value) < elem.length):
+            return True
+    last = ds.get_item(max(tags)) if tags else None
+    if not isinstance(last, RawDataElement) or last.value_tell is None or last.length == 0xFFFFFFFF:
+        return False
+    return last.value_tell + last.length < stop
+
+
 def parse_file(path: Path) -> ParsedInstance:
     """Parse and validate a Part-10 file's header; raise InvalidInstance with a reason."""
     size = os.path.getsize(path)
@@ -142,6 +162,8 @@ def parse_file(path: Path) -> ParsedInstance:
         extent = None
         if ts != DeflatedExplicitVRLittleEndian:
             extent = _pixel_extent(fp, stop, size, ts)
+            if extent is None and _cut_short(ds, stop):
+                raise InvalidInstance("truncated: the file ends inside its header")
     sop_uid = _required_uid(ds, "SOPInstanceUID")
     sop_class = _required_uid(ds, "SOPClassUID")
     study_uid = _required_uid(ds, "StudyInstanceUID")

@@ -1,0 +1,1 @@
+"""Interoperability tests against real peers (dcmtk, Orthanc, DICOMweb clients, browsers)."""
