@@ -55,7 +55,7 @@ run_readingroom() {  # label
   for _ in $(seq 1 100); do curl -sf http://127.0.0.1:8080/healthz >/dev/null && break; sleep 0.2; done
   $PY "$HARNESS/bench_archive.py" --label "$1" --dataset "$DATA/$DATASET" --phases "$PHASES" \
     --results-dir "$RESULTS" --dimse 127.0.0.1:11112:READINGROOM --dicomweb http://127.0.0.1:8080/dicomweb \
-    --header "Authorization: Bearer $token" --server-pid-file "$dir/serve.pid" \
+    --header "Authorization:Bearer $token" --server-pid-file "$dir/serve.pid" \
     --target-info "server=ReadingRoom $(git rev-parse --short HEAD 2>/dev/null || echo dev)" \
     > "$RESULTS/raw/$1.out" 2>&1 || { tail -30 "$RESULTS/raw/$1.out"; kill $pid; exit 1; }
   kill $pid; wait $pid 2>/dev/null || true

@@ -158,4 +158,5 @@ class Database:
 def import_all_models() -> None:
     """Import every domain's models so ``Base.metadata`` is complete."""
     import readingroom.archive.models
-    import readingroom.governance.models  # noqa: F401
+    import readingroom.governance.models
+    import readingroom.workflow.models  # noqa: F401
