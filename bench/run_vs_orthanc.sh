@@ -9,6 +9,8 @@
 # the machine is noisy. Figures: bench/results/*.json; the table is printed and appended to
 # bench/RESULTS.md with the command that made it. Needs: apt-get install dcmtk orthanc orthanc-dicomweb.
 set -euo pipefail
+# dcmtk tools, not the same-named pynetdicom scripts a venv or pyenv shim may put first on PATH
+export PATH=/usr/bin:$PATH
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 HARNESS=${HARNESS:-$ROOT/../shared/bench}
