@@ -9,8 +9,6 @@
 # the machine is noisy. Figures: bench/results/*.json; the table is printed and appended to
 # bench/RESULTS.md with the command that made it. Needs: apt-get install dcmtk orthanc orthanc-dicomweb.
 set -euo pipefail
-# dcmtk tools, not the same-named pynetdicom scripts a venv or pyenv shim may put first on PATH
-export PATH=/usr/bin:$PATH
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 HARNESS=${HARNESS:-$ROOT/../shared/bench}
@@ -18,7 +16,10 @@ DATASET=${DATASET:-small}
 ROUNDS=${ROUNDS:-2}
 PHASES=${PHASES:-ingest,verify,qido,wado,cfind}
 PY=${PY:-$ROOT/.venv/bin/python}
-[[ -x $PY ]] || PY=python3
+[[ -x $PY ]] || PY=$(python3 -c 'import sys; print(sys.executable)')
+# dcmtk tools, not the same-named pynetdicom scripts a venv or pyenv shim may put first on PATH
+export PATH=/usr/bin:$PATH
+RR=("$PY" -m readingroom)
 RESULTS=$ROOT/bench/results
 DATA=$ROOT/bench/data
 WORK=${WORK:-/tmp/rr-bench}
@@ -50,9 +51,9 @@ run_readingroom() {  # label
   local dir=$WORK/readingroom
   rm -rf "$dir"; mkdir -p "$dir"
   export READINGROOM_DATA_DIR=$dir READINGROOM_ACCEPT_LOOPBACK_AETS=true READINGROOM_LOG_LEVEL=WARNING
-  "$ROOT/.venv/bin/readingroom" user add bench --role admin --password bench >/dev/null
-  local token; token=$("$ROOT/.venv/bin/readingroom" token create bench)
-  "$ROOT/.venv/bin/readingroom" serve > "$dir/serve.log" 2>&1 &
+  "${RR[@]}" user add bench --role admin --password bench >/dev/null
+  local token; token=$("${RR[@]}" token create bench)
+  "${RR[@]}" serve > "$dir/serve.log" 2>&1 &
   local pid=$!; echo $pid > "$dir/serve.pid"
   for _ in $(seq 1 100); do curl -sf http://127.0.0.1:8080/healthz >/dev/null && break; sleep 0.2; done
   $PY "$HARNESS/bench_archive.py" --label "$1" --dataset "$DATA/$DATASET" --phases "$PHASES" \
