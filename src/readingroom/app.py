@@ -25,6 +25,7 @@ def create_app(rt: Runtime) -> FastAPI:
     from readingroom.archive import api as archive_api
     from readingroom.archive import dicomweb
     from readingroom.governance import api as governance_api
+    from readingroom.workflow import api as workflow_api
 
     app = FastAPI(
         title="ReadingRoom",
@@ -74,15 +75,25 @@ def create_app(rt: Runtime) -> FastAPI:
 
     app.include_router(governance_api.router, prefix="/api/v1")
     app.include_router(archive_api.router, prefix="/api/v1")
+    app.include_router(workflow_api.router, prefix="/api/v1")
     app.include_router(dicomweb.router, prefix="/dicomweb")
     return app
 
 
 def build_scheduler(rt: Runtime) -> Scheduler:
-    """Background jobs every ``serve`` process runs."""
+    """Background jobs every ``serve`` process runs (each is safe with several processes)."""
+    from readingroom.workflow import jobs
+    from readingroom.workflow.notify import build_notifier
+
+    settings = rt.settings
+    notifier = build_notifier(settings.notify_webhook_url)
     scheduler = Scheduler()
-    scheduler.add("study-stability", rt.settings.scheduler_interval_seconds,
-                  lambda: complete_stable_studies(rt))
+    scheduler.add("study-stability", settings.scheduler_interval_seconds, lambda: complete_stable_studies(rt))
+    scheduler.add("case-intake", settings.scheduler_interval_seconds, lambda: jobs.intake(rt))
+    scheduler.add("sla-escalation", settings.scheduler_interval_seconds, lambda: jobs.escalate_due(rt, notifier))
+    scheduler.add("claim-expiry", 60, lambda: jobs.expire_claims(rt, settings.claim_timeout_minutes))
+    scheduler.add("routing-refresh", settings.routing_refresh_seconds,
+                  lambda: jobs.refresh_routing(rt, settings.routing_refresh_seconds))
     scheduler.add("staging-cleanup", 3600, lambda: rt.blobs.clean_staging())
     return scheduler
 

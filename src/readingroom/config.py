@@ -60,6 +60,13 @@ class Settings(BaseSettings):
         default=60.0, description="A study is complete when no instance arrived for this long"
     )
     scheduler_interval_seconds: float = 5.0
+    claim_timeout_minutes: float = Field(
+        default=30.0, description="A claim with no activity for this long returns to the pool"
+    )
+    routing_refresh_seconds: float = Field(
+        default=60.0, description="Re-evaluate waiting cases this often (shifts, overflow)"
+    )
+    notify_webhook_url: str | None = Field(default=None, description="POST escalation notifications here")
     cors_origins: list[str] = Field(default_factory=list)
     max_upload_bytes: int = Field(default=8 * 1024**3, description="Largest accepted STOW-RS request body")
     max_associations: int = 16

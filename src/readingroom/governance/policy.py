@@ -14,17 +14,24 @@ ARCHIVE_STORE = "archive.store"
 ARCHIVE_ADMIN = "archive.admin"
 PEERS_ADMIN = "peers.admin"
 USERS_ADMIN = "users.admin"
+WORKLIST_READ = "worklist.read"  # see and work one's own worklist
+CASES_ADMIN = "cases.admin"  # network-wide view, reassign, cancel, reroute, exception queue
+RULES_ADMIN = "rules.admin"  # replace routing rules
+SITES_ADMIN = "sites.admin"  # sites and reader profiles
+AI_FINDINGS = "ai.findings"  # post AI results for a study
 
 _ROLE_ACTIONS: dict[str, frozenset[str]] = {
-    "admin": frozenset({ARCHIVE_READ, ARCHIVE_STORE, ARCHIVE_ADMIN, PEERS_ADMIN, USERS_ADMIN}),
-    "site_admin": frozenset({ARCHIVE_READ, ARCHIVE_STORE, PEERS_ADMIN}),
-    "radiologist": frozenset({ARCHIVE_READ, ARCHIVE_STORE}),
+    "admin": frozenset({ARCHIVE_READ, ARCHIVE_STORE, ARCHIVE_ADMIN, PEERS_ADMIN, USERS_ADMIN, WORKLIST_READ,
+                        CASES_ADMIN, RULES_ADMIN, SITES_ADMIN, AI_FINDINGS}),
+    "site_admin": frozenset({ARCHIVE_READ, ARCHIVE_STORE, PEERS_ADMIN, CASES_ADMIN, WORKLIST_READ}),
+    "radiologist": frozenset({ARCHIVE_READ, ARCHIVE_STORE, WORKLIST_READ}),
     "technologist": frozenset({ARCHIVE_READ, ARCHIVE_STORE}),
     "referring_clinician": frozenset({ARCHIVE_READ}),
     "consultant": frozenset({ARCHIVE_READ}),
     "partner": frozenset({ARCHIVE_STORE}),
     "auditor": frozenset(),
     "modality": frozenset({ARCHIVE_STORE}),
+    "ai_engine": frozenset({ARCHIVE_READ, AI_FINDINGS}),
 }
 
 

@@ -29,6 +29,7 @@ ROLES = (
     "partner",
     "auditor",
     "modality",
+    "ai_engine",
 )
 TOKEN_PREFIX = "rr_"
 _hasher = PasswordHasher()

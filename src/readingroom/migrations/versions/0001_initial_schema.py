@@ -1,13 +1,13 @@
-"""initial archive and governance schema
+"""initial schema
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 11:56:05.833739
+Create Date: 2026-11-23 12:28:21.715878
 """
-import sqlalchemy as sa
 from alembic import op
-
+import sqlalchemy as sa
 import readingroom.db
+
 
 revision = '0001'
 down_revision = None
@@ -37,6 +37,11 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_audit_records_at'), ['at'], unique=False)
         batch_op.create_index('ix_audit_records_resource', ['resource_type', 'resource_id'], unique=False)
 
+    op.create_table('consumer_offsets',
+    sa.Column('name', sa.String(length=64), nullable=False),
+    sa.Column('position', sa.BigInteger(), nullable=False),
+    sa.PrimaryKeyConstraint('name', name=op.f('pk_consumer_offsets'))
+    )
     op.create_table('domain_events',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('kind', sa.String(length=64), nullable=False),
@@ -78,6 +83,20 @@ def upgrade() -> None:
     with op.batch_alter_table('patients', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_patients_name'), ['name'], unique=False)
         batch_op.create_index(batch_op.f('ix_patients_patient_id'), ['patient_id'], unique=False)
+
+    op.create_table('routing_rules',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('version', sa.Integer(), nullable=False),
+    sa.Column('name', sa.String(length=128), nullable=False),
+    sa.Column('document', sa.Text(), nullable=False),
+    sa.Column('active', sa.Boolean(), nullable=False),
+    sa.Column('created_at', readingroom.db.UTCDateTime(), nullable=False),
+    sa.Column('created_by', sa.String(length=128), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_routing_rules')),
+    sa.UniqueConstraint('version', name=op.f('uq_routing_rules_version'))
+    )
+    with op.batch_alter_table('routing_rules', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_routing_rules_active'), ['active'], unique=False)
 
     op.create_table('sites',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -177,6 +196,80 @@ def upgrade() -> None:
     with op.batch_alter_table('api_tokens', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_api_tokens_user_id'), ['user_id'], unique=False)
 
+    op.create_table('cases',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('study_pk', sa.Integer(), nullable=True),
+    sa.Column('accession_number', sa.String(length=64), nullable=False),
+    sa.Column('site_id', sa.Integer(), nullable=True),
+    sa.Column('patient_pk', sa.Integer(), nullable=True),
+    sa.Column('modality', sa.String(length=64), nullable=False),
+    sa.Column('body_part', sa.String(length=64), nullable=False),
+    sa.Column('description', sa.String(length=128), nullable=False),
+    sa.Column('patient_class', sa.String(length=16), nullable=False),
+    sa.Column('patient_age_years', sa.Float(), nullable=True),
+    sa.Column('ordering_physician', sa.String(length=128), nullable=False),
+    sa.Column('order_fields', sa.JSON(), nullable=False),
+    sa.Column('priority', sa.String(length=16), nullable=False),
+    sa.Column('priority_rank', sa.Integer(), nullable=False),
+    sa.Column('priority_source', sa.String(length=64), nullable=False),
+    sa.Column('flags', sa.JSON(), nullable=False),
+    sa.Column('rvu', sa.Float(), nullable=False),
+    sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('mode', sa.String(length=8), nullable=False),
+    sa.Column('rule_id', sa.String(length=64), nullable=False),
+    sa.Column('rules_version', sa.Integer(), nullable=True),
+    sa.Column('required_subspecialty', sa.String(length=64), nullable=False),
+    sa.Column('second_reader_required', sa.Boolean(), nullable=False),
+    sa.Column('assignee', sa.Integer(), nullable=True),
+    sa.Column('claimed_by', sa.Integer(), nullable=True),
+    sa.Column('claimed_at', readingroom.db.UTCDateTime(), nullable=True),
+    sa.Column('last_activity_at', readingroom.db.UTCDateTime(), nullable=True),
+    sa.Column('ready_at', readingroom.db.UTCDateTime(), nullable=True),
+    sa.Column('deadline', readingroom.db.UTCDateTime(), nullable=True),
+    sa.Column('escalation_step', sa.Integer(), nullable=False),
+    sa.Column('escalation_plan', sa.JSON(), nullable=False),
+    sa.Column('next_escalation_at', readingroom.db.UTCDateTime(), nullable=True),
+    sa.Column('routing_digest', sa.String(length=64), nullable=False),
+    sa.Column('routed_at', readingroom.db.UTCDateTime(), nullable=True),
+    sa.Column('pool_widened', sa.Boolean(), nullable=False),
+    sa.Column('version', sa.Integer(), nullable=False),
+    sa.Column('created_at', readingroom.db.UTCDateTime(), nullable=False),
+    sa.Column('updated_at', readingroom.db.UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['assignee'], ['users.id'], name=op.f('fk_cases_assignee_users')),
+    sa.ForeignKeyConstraint(['claimed_by'], ['users.id'], name=op.f('fk_cases_claimed_by_users')),
+    sa.ForeignKeyConstraint(['patient_pk'], ['patients.id'], name=op.f('fk_cases_patient_pk_patients')),
+    sa.ForeignKeyConstraint(['site_id'], ['sites.id'], name=op.f('fk_cases_site_id_sites')),
+    sa.ForeignKeyConstraint(['study_pk'], ['studies.id'], name=op.f('fk_cases_study_pk_studies')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_cases')),
+    sa.UniqueConstraint('study_pk', name=op.f('uq_cases_study_pk'))
+    )
+    with op.batch_alter_table('cases', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_cases_accession_number'), ['accession_number'], unique=False)
+        batch_op.create_index('ix_cases_assignee_state', ['assignee', 'state'], unique=False)
+        batch_op.create_index('ix_cases_claimed_by_state', ['claimed_by', 'state'], unique=False)
+        batch_op.create_index(batch_op.f('ix_cases_next_escalation_at'), ['next_escalation_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_cases_patient_pk'), ['patient_pk'], unique=False)
+        batch_op.create_index(batch_op.f('ix_cases_site_id'), ['site_id'], unique=False)
+        batch_op.create_index('ix_cases_state_rank_deadline', ['state', 'priority_rank', 'deadline'], unique=False)
+
+    op.create_table('reader_profiles',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.Column('home_site_id', sa.Integer(), nullable=True),
+    sa.Column('timezone', sa.String(length=64), nullable=False),
+    sa.Column('subspecialties', sa.JSON(), nullable=False),
+    sa.Column('qualifications', sa.JSON(), nullable=False),
+    sa.Column('shifts', sa.JSON(), nullable=False),
+    sa.Column('capacity_rvu_per_hour', sa.Float(), nullable=True),
+    sa.Column('on_call', sa.Boolean(), nullable=False),
+    sa.Column('residency_tags', sa.JSON(), nullable=False),
+    sa.Column('aliases', sa.JSON(), nullable=False),
+    sa.Column('idle_since', readingroom.db.UTCDateTime(), nullable=True),
+    sa.ForeignKeyConstraint(['home_site_id'], ['sites.id'], name=op.f('fk_reader_profiles_home_site_id_sites')),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_reader_profiles_user_id_users'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_reader_profiles')),
+    sa.UniqueConstraint('user_id', name=op.f('uq_reader_profiles_user_id'))
+    )
     op.create_table('series',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('series_uid', sa.String(length=64), nullable=False),
@@ -197,6 +290,64 @@ def upgrade() -> None:
     with op.batch_alter_table('series', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_series_modality'), ['modality'], unique=False)
         batch_op.create_index(batch_op.f('ix_series_study_pk'), ['study_pk'], unique=False)
+
+    op.create_table('case_candidates',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('case_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.ForeignKeyConstraint(['case_id'], ['cases.id'], name=op.f('fk_case_candidates_case_id_cases'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_case_candidates_user_id_users'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_case_candidates'))
+    )
+    with op.batch_alter_table('case_candidates', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_case_candidates_case_id'), ['case_id'], unique=False)
+        batch_op.create_index('ix_case_candidates_user_case', ['user_id', 'case_id'], unique=True)
+
+    op.create_table('case_events',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('case_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('at', readingroom.db.UTCDateTime(), nullable=False),
+    sa.Column('kind', sa.String(length=32), nullable=False),
+    sa.Column('actor', sa.String(length=128), nullable=False),
+    sa.Column('from_state', sa.String(length=16), nullable=False),
+    sa.Column('to_state', sa.String(length=16), nullable=False),
+    sa.Column('data', sa.JSON(), nullable=False),
+    sa.ForeignKeyConstraint(['case_id'], ['cases.id'], name=op.f('fk_case_events_case_id_cases'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_case_events'))
+    )
+    with op.batch_alter_table('case_events', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_case_events_at'), ['at'], unique=False)
+        batch_op.create_index('ix_case_events_case_id_id', ['case_id', 'id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_case_events_kind'), ['kind'], unique=False)
+
+    op.create_table('case_priors',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('case_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('study_pk', sa.Integer(), nullable=False),
+    sa.ForeignKeyConstraint(['case_id'], ['cases.id'], name=op.f('fk_case_priors_case_id_cases'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['study_pk'], ['studies.id'], name=op.f('fk_case_priors_study_pk_studies'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_case_priors')),
+    sa.UniqueConstraint('case_id', 'study_pk', name='uq_case_priors_case_study')
+    )
+    with op.batch_alter_table('case_priors', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_case_priors_case_id'), ['case_id'], unique=False)
+
+    op.create_table('exception_items',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('case_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('study_uid', sa.String(length=64), nullable=False),
+    sa.Column('kind', sa.String(length=32), nullable=False),
+    sa.Column('reason', sa.Text(), nullable=False),
+    sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('created_at', readingroom.db.UTCDateTime(), nullable=False),
+    sa.Column('resolved_at', readingroom.db.UTCDateTime(), nullable=True),
+    sa.Column('resolved_by', sa.String(length=128), nullable=False),
+    sa.Column('resolution', sa.Text(), nullable=False),
+    sa.ForeignKeyConstraint(['case_id'], ['cases.id'], name=op.f('fk_exception_items_case_id_cases'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_exception_items'))
+    )
+    with op.batch_alter_table('exception_items', schema=None) as batch_op:
+        batch_op.create_index('ix_exception_items_state_kind', ['state', 'kind'], unique=False)
 
     op.create_table('instances',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -229,22 +380,85 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_instances_sop_class_uid'), ['sop_class_uid'], unique=False)
         batch_op.create_index(batch_op.f('ix_instances_study_pk'), ['study_pk'], unique=False)
 
+    op.create_table('reader_credentials',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('reader_id', sa.Integer(), nullable=False),
+    sa.Column('site_id', sa.Integer(), nullable=False),
+    sa.Column('expires_on', sa.Date(), nullable=True),
+    sa.ForeignKeyConstraint(['reader_id'], ['reader_profiles.id'], name=op.f('fk_reader_credentials_reader_id_reader_profiles'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['site_id'], ['sites.id'], name=op.f('fk_reader_credentials_site_id_sites'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_reader_credentials')),
+    sa.UniqueConstraint('reader_id', 'site_id', name='uq_reader_credentials_reader_site')
+    )
+    with op.batch_alter_table('reader_credentials', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_reader_credentials_reader_id'), ['reader_id'], unique=False)
+
+    op.create_table('reader_licences',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('reader_id', sa.Integer(), nullable=False),
+    sa.Column('jurisdiction', sa.String(length=32), nullable=False),
+    sa.Column('expires_on', sa.Date(), nullable=True),
+    sa.ForeignKeyConstraint(['reader_id'], ['reader_profiles.id'], name=op.f('fk_reader_licences_reader_id_reader_profiles'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_reader_licences')),
+    sa.UniqueConstraint('reader_id', 'jurisdiction', name='uq_reader_licences_reader_jur')
+    )
+    with op.batch_alter_table('reader_licences', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_reader_licences_reader_id'), ['reader_id'], unique=False)
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table('reader_licences', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_reader_licences_reader_id'))
+
+    op.drop_table('reader_licences')
+    with op.batch_alter_table('reader_credentials', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_reader_credentials_reader_id'))
+
+    op.drop_table('reader_credentials')
     with op.batch_alter_table('instances', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_instances_study_pk'))
         batch_op.drop_index(batch_op.f('ix_instances_sop_class_uid'))
         batch_op.drop_index('ix_instances_series_number')
 
     op.drop_table('instances')
+    with op.batch_alter_table('exception_items', schema=None) as batch_op:
+        batch_op.drop_index('ix_exception_items_state_kind')
+
+    op.drop_table('exception_items')
+    with op.batch_alter_table('case_priors', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_case_priors_case_id'))
+
+    op.drop_table('case_priors')
+    with op.batch_alter_table('case_events', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_case_events_kind'))
+        batch_op.drop_index('ix_case_events_case_id_id')
+        batch_op.drop_index(batch_op.f('ix_case_events_at'))
+
+    op.drop_table('case_events')
+    with op.batch_alter_table('case_candidates', schema=None) as batch_op:
+        batch_op.drop_index('ix_case_candidates_user_case')
+        batch_op.drop_index(batch_op.f('ix_case_candidates_case_id'))
+
+    op.drop_table('case_candidates')
     with op.batch_alter_table('series', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_series_study_pk'))
         batch_op.drop_index(batch_op.f('ix_series_modality'))
 
     op.drop_table('series')
+    op.drop_table('reader_profiles')
+    with op.batch_alter_table('cases', schema=None) as batch_op:
+        batch_op.drop_index('ix_cases_state_rank_deadline')
+        batch_op.drop_index(batch_op.f('ix_cases_site_id'))
+        batch_op.drop_index(batch_op.f('ix_cases_patient_pk'))
+        batch_op.drop_index(batch_op.f('ix_cases_next_escalation_at'))
+        batch_op.drop_index('ix_cases_claimed_by_state')
+        batch_op.drop_index('ix_cases_assignee_state')
+        batch_op.drop_index(batch_op.f('ix_cases_accession_number'))
+
+    op.drop_table('cases')
     with op.batch_alter_table('api_tokens', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_api_tokens_user_id'))
 
@@ -263,6 +477,10 @@ def downgrade() -> None:
 
     op.drop_table('dicom_peers')
     op.drop_table('sites')
+    with op.batch_alter_table('routing_rules', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_routing_rules_active'))
+
+    op.drop_table('routing_rules')
     with op.batch_alter_table('patients', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_patients_patient_id'))
         batch_op.drop_index(batch_op.f('ix_patients_name'))
@@ -276,6 +494,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_domain_events_kind'))
 
     op.drop_table('domain_events')
+    op.drop_table('consumer_offsets')
     with op.batch_alter_table('audit_records', schema=None) as batch_op:
         batch_op.drop_index('ix_audit_records_resource')
         batch_op.drop_index(batch_op.f('ix_audit_records_at'))
