@@ -99,14 +99,14 @@ def _sqlite_engine(url: str, begin: str) -> Engine:
 class Database:
     """The engines and session factories of one database."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pool_size: int = 20) -> None:
         self.url = normalise_url(url)
         if is_sqlite(self.url):
             self.engine = _sqlite_engine(self.url, "BEGIN IMMEDIATE")
             self.read_engine = _sqlite_engine(self.url, "BEGIN")
         else:
             self.engine = create_engine(
-                self.url, pool_size=20, max_overflow=20, pool_pre_ping=True, pool_recycle=1800
+                self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800
             )
             self.read_engine = self.engine
         self._write = sessionmaker(self.engine, expire_on_commit=False)

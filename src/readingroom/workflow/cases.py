@@ -20,15 +20,11 @@ from readingroom.archive.models import Patient, Series, Study
 from readingroom.clock import utcnow
 from readingroom.workflow.enums import Priority
 from readingroom.workflow.models import Case, CaseCandidate, CaseEvent, CasePrior
-from readingroom.workflow.states import CaseState, IllegalTransition, allowed_from, next_state
+from readingroom.workflow.states import CaseState, IllegalTransition, NotEligible, allowed_from, next_state
 
 
 class CaseNotFound(LookupError):
     """No case with that id."""
-
-
-class NotEligible(PermissionError):
-    """The reader is not on this case's eligible list."""
 
 
 @dataclass(frozen=True)
@@ -100,16 +96,17 @@ def claim(session: Session, case_id: int, actor: Actor) -> Case:
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
-        case = get_case(session, case_id)
-        session.refresh(case)
-        if case.state != CaseState.AVAILABLE.value:
-            who = f" by user {case.claimed_by}" if case.state == CaseState.CLAIMED.value else ""
-            raise IllegalTransition("claimed", case.state, f"case {case_id} is {case.state}{who}")
-        if case.assignee is not None and case.assignee != actor.user_id:
+        row = session.execute(select(Case.state, Case.claimed_by, Case.assignee).where(Case.id == case_id)).first()
+        if row is None:
+            raise CaseNotFound(f"no case {case_id}")
+        if row.state != CaseState.AVAILABLE.value:
+            who = f" by user {row.claimed_by}" if row.state == CaseState.CLAIMED.value else ""
+            raise IllegalTransition("claimed", row.state, f"case {case_id} is {row.state}{who}")
+        if row.assignee is not None and row.assignee != actor.user_id:
             raise NotEligible(f"case {case_id} is assigned to another reader")
         raise NotEligible(f"{actor.name} is not eligible for case {case_id}")
     log_event(session, case_id, "claimed", actor, CaseState.AVAILABLE.value, CaseState.CLAIMED.value, at=now)
-    return get_case(session, case_id)
+    return session.get(Case, case_id)  # type: ignore[return-value]
 
 
 def release(session: Session, case_id: int, actor: Actor, *, reason: str = "", expired: bool = False) -> Case:

@@ -58,6 +58,10 @@ class IllegalTransition(Exception):
         super().__init__(reason or f"'{kind}' is not allowed while the case is {state}")
 
 
+class NotEligible(PermissionError):
+    """The actor may not do this to this case (not eligible, not the owner)."""
+
+
 def next_state(state: str, kind: str) -> CaseState:
     """The state after event ``kind`` in ``state``; IllegalTransition if not allowed."""
     if kind not in TRANSITIONS:
