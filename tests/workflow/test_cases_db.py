@@ -103,3 +103,26 @@ def test_claim_expiry_returns_case_to_pool(network, tmp_path: Path) -> None:
     with rt.db.read_session() as s:
         assert get_case(s, case_id).state == "available"
         assert case_events(s, case_id)[-1].kind == "claim_expired"
+
+
+def test_order_case_waits_for_its_images(network, tmp_path: Path) -> None:
+    from readingroom.governance.sites import site_by_code
+    from readingroom.workflow.cases import create_case_for_order
+    from readingroom.workflow.enums import Priority
+
+    rt = network
+    with rt.db.session() as s:
+        order = create_case_for_order(s, accession_number="ORD-77", site_id=site_by_code(s, "HUB").id,
+                                      modality="CT", priority=Priority.STAT, ordering_physician="bob",
+                                      patient_class="ED")
+        order_id = order.id
+    case_id = make_case(rt, tmp_path, AccessionNumber="ORD-77")
+    assert case_id == order_id
+    with rt.db.read_session() as s:
+        case = get_case(s, case_id)
+        assert case.state == "available" and case.priority == "stat" and case.priority_source == "order"
+        ev = case_events(s, case_id)
+        assert [e.kind for e in ev] == ["ordered", "images_arrived", "routed"]
+        # bob ordered the study: a conflict of interest, so only ann may read it.
+        assert ev[-1].data["eligible"] == ["ann"]
+        assert "CONFLICT" in {r["code"] for r in ev[-1].data["excluded"]["bob"]}

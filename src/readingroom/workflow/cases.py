@@ -164,6 +164,62 @@ def create_case_for_study(session: Session, study_pk: int, *, ready_at: datetime
     return get_case(session, case_id)
 
 
+def create_case_for_order(
+    session: Session,
+    *,
+    accession_number: str,
+    site_id: int | None,
+    patient_pk: int | None = None,
+    modality: str = "",
+    body_part: str = "",
+    description: str = "",
+    priority: Priority | None = None,
+    patient_class: str = "",
+    ordering_physician: str = "",
+    order_fields: dict[str, Any] | None = None,
+    actor: Actor = SYSTEM,
+) -> Case:
+    """A case for an order whose images have not arrived yet (state ``waiting``).
+
+    The entry point for HL7 ORM/OMI and FHIR ServiceRequest: the order's
+    priority is authoritative (``priority_source = "order"``); intake links
+    the study when one with the same accession number completes.
+    """
+    now = utcnow()
+    prio = priority or Priority.ROUTINE
+    case = Case(
+        accession_number=accession_number, site_id=site_id, patient_pk=patient_pk, modality=modality.upper(),
+        body_part=body_part.upper(), description=description[:128], patient_class=patient_class.upper(),
+        ordering_physician=ordering_physician, order_fields=order_fields or {}, priority=prio.value,
+        priority_rank=prio.rank, priority_source="order" if priority else "default", flags=[],
+        state=CaseState.WAITING.value, created_at=now, updated_at=now, version=1, escalation_plan=[],
+    )
+    session.add(case)
+    session.flush()
+    log_event(session, case.id, "ordered", actor, "", CaseState.WAITING.value,
+              {"accession_number": accession_number, "priority": prio.value}, now)
+    return case
+
+
+def attach_study_to_order(session: Session, study_pk: int, *, ready_at: datetime | None = None) -> Case | None:
+    """If a waiting order case has this study's accession number, link the study to it."""
+    study = session.get(Study, study_pk)
+    if study is None or not study.accession_number:
+        return None
+    case = session.scalars(select(Case).where(
+        Case.accession_number == study.accession_number, Case.state == CaseState.WAITING.value,
+        Case.study_pk.is_(None)).order_by(Case.id).limit(1)).first()
+    if case is None:
+        return None
+    transition(session, case.id, "images_arrived", data={"study_uid": study.study_uid}, values={
+        "study_pk": study_pk, "patient_pk": case.patient_pk or study.patient_pk,
+        "site_id": case.site_id or study.site_id, "ready_at": ready_at or utcnow(),
+        "modality": case.modality or _primary_modality(session, study_pk, study.modalities),
+    })
+    link_priors(session, case.id, study.patient_pk, study_pk)
+    return get_case(session, case.id)
+
+
 def link_priors(session: Session, case_id: int, patient_pk: int, study_pk: int) -> int:
     """Link the patient's other studies (earlier first) to the case."""
     priors = session.scalars(

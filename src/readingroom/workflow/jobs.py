@@ -25,7 +25,7 @@ from readingroom.archive.stability import STUDY_COMPLETE
 from readingroom.clock import utcnow
 from readingroom.runtime import Runtime
 from readingroom.workflow import exceptions
-from readingroom.workflow.cases import SYSTEM, create_case_for_study, log_event, release
+from readingroom.workflow.cases import SYSTEM, attach_study_to_order, create_case_for_study, log_event, release
 from readingroom.workflow.dispatch import route_case
 from readingroom.workflow.enums import EscalationAction
 from readingroom.workflow.models import Case, ConsumerOffset
@@ -63,7 +63,8 @@ def intake(rt: Runtime, batch: int = 200) -> list[int]:
                 continue
             try:
                 with s.begin_nested():
-                    case = create_case_for_study(s, study_pk, ready_at=at)
+                    case = attach_study_to_order(s, study_pk, ready_at=at) or create_case_for_study(
+                        s, study_pk, ready_at=at)
                     if case is not None:
                         route_case(s, case.id, reason="study complete", cache_key=rt.db.url)
                         created.append(case.id)
