@@ -126,3 +126,22 @@ def test_order_case_waits_for_its_images(network, tmp_path: Path) -> None:
         # bob ordered the study: a conflict of interest, so only ann may read it.
         assert ev[-1].data["eligible"] == ["ann"]
         assert "CONFLICT" in {r["code"] for r in ev[-1].data["excluded"]["bob"]}
+
+
+def test_protocol_mismatch_and_incomplete_study_are_flagged(network, tmp_path: Path) -> None:
+    from readingroom.governance.sites import site_by_code
+    from readingroom.workflow.cases import create_case_for_order
+
+    rt = network
+    with rt.db.session() as s:
+        create_case_for_order(s, accession_number="ORD-9", site_id=site_by_code(s, "HUB").id, modality="MR",
+                              order_fields={"expected_series": "3", "contrast": "yes"})
+    case_id = make_case(rt, tmp_path, AccessionNumber="ORD-9", StudyDescription="CT HEAD WO CONTRAST")
+    with rt.db.read_session() as s:
+        case = get_case(s, case_id)
+        assert {"PROTOCOL_MISMATCH", "INCOMPLETE_STUDY"} <= set(case.flags)
+        kinds = sorted(i.kind for i in s.scalars(select(ExceptionItem).where(ExceptionItem.case_id == case_id)))
+        assert kinds == ["incomplete_study", "protocol_mismatch"]
+        flagged = next(e for e in case_events(s, case_id) if e.kind == "flagged").data["checks"]
+        assert "ordered MR, received CT" in flagged[0] and "without" in flagged[0]
+        assert "1 of 3 expected series" in flagged[1]

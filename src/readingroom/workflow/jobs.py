@@ -30,6 +30,7 @@ from readingroom.workflow.dispatch import route_case
 from readingroom.workflow.enums import EscalationAction
 from readingroom.workflow.models import Case, ConsumerOffset
 from readingroom.workflow.notify import Notification, Notifier
+from readingroom.workflow.quality import check_case
 from readingroom.workflow.states import CaseState, IllegalTransition
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def intake(rt: Runtime, batch: int = 200) -> list[int]:
                     case = attach_study_to_order(s, study_pk, ready_at=at) or create_case_for_study(
                         s, study_pk, ready_at=at)
                     if case is not None:
+                        check_case(s, case.id)
                         route_case(s, case.id, reason="study complete", cache_key=rt.db.url)
                         created.append(case.id)
             except Exception:
