@@ -23,6 +23,7 @@ from readingroom.governance.models import Site
 from readingroom.governance.sites import create_site
 from readingroom.governance.users import create_token, create_user, get_user
 from readingroom.runtime import Runtime
+from readingroom.workflow.readers import get_reader, set_reader
 
 SITE_DETAILS: dict[str, tuple[str, str, str]] = {
     # code: (time zone, jurisdiction, kind)
@@ -41,6 +42,12 @@ DEMO_USERS: tuple[tuple[str, str, str, str, str], ...] = (
     ("tech.walsh", "demo", "technologist", "Patrick Walsh", "STB"),
     ("ref.hartmann", "demo", "referring_clinician", "Dr. Lena Hartmann", "MVG"),
 )
+
+#: username: (time zone, subspecialties, licence jurisdictions, credentialed sites; first = home)
+DEMO_READERS: dict[str, tuple[str, list[str], list[str], list[str]]] = {
+    "rad.chen": ("America/New_York", ["neuro", "body"], ["US-NY", "US-IL"], ["HUB", "STB", "LKS"]),
+    "rad.osei": ("America/Chicago", ["body", "msk"], ["US-IL", "US-CA"], ["LKS", "MVG", "CDH"]),
+}
 
 DEMO_CONFIG = """\
 # ReadingRoom demo configuration (see README "Configuration").
@@ -80,6 +87,11 @@ def seed_demo(settings: Settings, *, n_studies: int = 20, console: Console | Non
             if get_user(s, username) is None:
                 create_user(s, username, password=password, role=role, full_name=full_name,
                             site_id=sites.get(site))
+        for username, (tz, subs, licences, creds) in DEMO_READERS.items():
+            if get_reader(s, username) is None:
+                set_reader(s, username, home_site=creds[0], timezone=tz, subspecialties=subs,
+                           shifts=["Mon-Sun 00:00-23:59"], licences=dict.fromkeys(licences),
+                           credentials=dict.fromkeys(creds))
         admin = get_user(s, "admin")
         assert admin is not None
         _, token = create_token(s, admin, name="demo")
@@ -119,6 +131,7 @@ def _print_welcome(console: Console, settings: Settings, token: str, source: Pat
 
   Try:
     curl -H "Authorization: Bearer {token}" {base}/dicomweb/studies
+    curl -u rad.chen:demo {base}/api/v1/worklist      # cases appear once studies are complete
     TCP_NODELAY=1 storescu -aet MODALITY -aec {settings.aet} 127.0.0.1 {settings.dicom_port} +sd {sample_dir}
     findscu -aet MODALITY -aec {settings.aet} -S -k QueryRetrieveLevel=STUDY -k PatientName='*' \\
         127.0.0.1 {settings.dicom_port}
