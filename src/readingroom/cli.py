@@ -59,6 +59,18 @@ def _progress() -> Progress:
     )
 
 
+def _site_id(session: object, code: str | None) -> int | None:
+    """The id of the site with this code (None for none); exits with a message if unknown."""
+    from readingroom.governance.sites import site_by_code
+
+    if not code:
+        return None
+    found = site_by_code(session, code)  # type: ignore[arg-type]
+    if found is None:
+        raise _fail(f"no site with code {code!r}")
+    return found.id
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
     err.print(f"[red]error:[/red] {message}")
     return typer.Exit(code)
@@ -210,19 +222,13 @@ def user_add(
     data_dir: DataDir = None,
 ) -> None:
     """Add a local account."""
-    from readingroom.governance.sites import site_by_code
     from readingroom.governance.users import UserError, create_user
 
     if password is None:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     rt = _runtime(data_dir)
     with rt.db.session() as s:
-        site_id = None
-        if site:
-            found = site_by_code(s, site)
-            if found is None:
-                raise _fail(f"no site with code {site!r}")
-            site_id = found.id
+        site_id = _site_id(s, site)
         try:
             create_user(s, username, password=password, role=role, full_name=full_name, site_id=site_id)
         except UserError as exc:
@@ -263,16 +269,10 @@ def peer_add(
 ) -> None:
     """Register a DICOM peer (allowed to call us; a destination for C-MOVE and send)."""
     from readingroom.archive.peers import PeerError, add_peer
-    from readingroom.governance.sites import site_by_code
 
     rt = _runtime(data_dir)
     with rt.db.session() as s:
-        site_id = None
-        if site:
-            found = site_by_code(s, site)
-            if found is None:
-                raise _fail(f"no site with code {site!r}")
-            site_id = found.id
+        site_id = _site_id(s, site)
         try:
             add_peer(s, name, ae_title, host, port, site_id=site_id, description=description)
         except PeerError as exc:

@@ -34,7 +34,7 @@ from readingroom.workflow.readers import ReaderError, get_reader, set_reader
 from readingroom.workflow.rules import RulesError
 from readingroom.workflow.rulestore import active_version, list_versions, replace_rules
 from readingroom.workflow.states import IllegalTransition
-from readingroom.workflow.worklist import WorklistFilter, all_cases, can_see, reader_worklist
+from readingroom.workflow.worklist import WorklistFilter, all_cases, can_see, case_row, reader_worklist
 
 router = APIRouter(tags=["worklist"])
 Reader = Annotated[Principal, Depends(require(policy.WORKLIST_READ))]
@@ -147,14 +147,11 @@ def _visible_case(s: Any, case_id: int, p: Principal) -> Case:
 @router.get("/cases/{case_id}", response_model=CaseDetail)
 def case_detail(case_id: int, rt: RuntimeDep, p: Reader, request: Request) -> CaseDetail:
     """A case with its event log (timeline), priors and eligible readers."""
-    from readingroom.archive.models import Patient, Study
+    from readingroom.archive.models import Study
 
     with rt.db.read_session() as s:
         case = _visible_case(s, case_id, p)
-        row = s.execute(select(Case, Study.study_uid, Patient.name, Patient.patient_id, Site.code)
-                        .outerjoin(Study, Study.id == Case.study_pk).outerjoin(Patient, Patient.id == Case.patient_pk)
-                        .outerjoin(Site, Site.id == Case.site_id).where(Case.id == case.id)).one()
-        base = _case_out(row)
+        base = _case_out(s.execute(case_row(case.id)).one())
         events = [EventOut.model_validate(e, from_attributes=True) for e in case_events(s, case_id)]
         priors = list(s.scalars(select(Study.study_uid).join(CasePrior, CasePrior.study_pk == Study.id)
                                 .where(CasePrior.case_id == case_id)))
@@ -239,18 +236,13 @@ def reroute_case(case_id: int, rt: RuntimeDep, p: Supervisor) -> CaseOut:
 
 
 def _act(rt: Any, case_id: int, fn: Any) -> CaseOut:
-    from readingroom.archive.models import Patient, Study
-
     try:
         with rt.db.session() as s:
             fn(s)
     except (CaseNotFound, NotEligible, IllegalTransition, ValueError) as exc:
         raise _errors(exc) from exc
     with rt.db.read_session() as s:
-        row = s.execute(select(Case, Study.study_uid, Patient.name, Patient.patient_id, Site.code)
-                        .outerjoin(Study, Study.id == Case.study_pk).outerjoin(Patient, Patient.id == Case.patient_pk)
-                        .outerjoin(Site, Site.id == Case.site_id).where(Case.id == case_id)).one()
-        return _case_out(row)
+        return _case_out(s.execute(case_row(case_id)).one())
 
 
 # --- routing rules --------------------------------------------------------------------------------

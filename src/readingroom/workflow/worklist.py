@@ -38,6 +38,11 @@ def _base() -> Select[Any]:
             .outerjoin(Site, Site.id == Case.site_id))
 
 
+def case_row(case_id: int) -> Select[Any]:
+    """One case with the columns a worklist row shows."""
+    return _base().where(Case.id == case_id)
+
+
 def _filtered(q: Select[Any], f: WorklistFilter) -> Select[Any]:
     if f.priority:
         q = q.where(Case.priority == f.priority)
