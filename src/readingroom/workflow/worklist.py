@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, or_, select
+from sqlalchemy import Select, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from readingroom.archive.models import Patient, Study
@@ -59,14 +59,19 @@ def _filtered(q: Select[Any], f: WorklistFilter) -> Select[Any]:
 
 
 def reader_worklist(session: Session, user_id: int, f: WorklistFilter | None = None) -> list[Any]:
-    """Open cases this reader may claim, and the ones they own."""
+    """Open cases this reader may claim, and the ones they own.
+
+    Driven from the reader's candidate rows (an index on user_id), so the
+    cost grows with the reader's own list, not with every open case.
+    """
     f = f or WorklistFilter()
-    candidate = exists().where(CaseCandidate.case_id == Case.id, CaseCandidate.user_id == user_id)
-    offered = and_(Case.state == CaseState.AVAILABLE.value, candidate,
-                   or_(Case.assignee.is_(None), Case.assignee == user_id))
-    mine = and_(Case.claimed_by == user_id,
-                Case.state.in_([CaseState.CLAIMED.value, CaseState.PRELIMINARY.value]))
-    return list(session.execute(_filtered(_base().where(or_(offered, mine)), f)).all())
+    offered = (select(Case.id).join(CaseCandidate, CaseCandidate.case_id == Case.id)
+               .where(CaseCandidate.user_id == user_id, Case.state == CaseState.AVAILABLE.value,
+                      or_(Case.assignee.is_(None), Case.assignee == user_id)))
+    mine = select(Case.id).where(Case.claimed_by == user_id,
+                                 Case.state.in_([CaseState.CLAIMED.value, CaseState.PRELIMINARY.value]))
+    ids = union_all(offered, mine).subquery()
+    return list(session.execute(_filtered(_base().where(Case.id.in_(select(ids.c.id))), f)).all())
 
 
 def all_cases(session: Session, f: WorklistFilter | None = None, open_only: bool = True) -> list[Any]:
