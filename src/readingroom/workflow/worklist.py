@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, or_, select, union_all
+from sqlalchemy import BigInteger, Select, and_, any_, cast, func, or_, select, true
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from readingroom.archive.models import Patient, Study
@@ -43,19 +44,23 @@ def case_row(case_id: int) -> Select[Any]:
     return _base().where(Case.id == case_id)
 
 
-def _filtered(q: Select[Any], f: WorklistFilter) -> Select[Any]:
+def _page(where: Any, f: WorklistFilter) -> Select[Any]:
+    """Filter, order and page on ``cases`` alone, then join the display columns of just that page."""
+    q = select(Case.id, Case.priority_rank, Case.deadline).where(where)
     if f.priority:
         q = q.where(Case.priority == f.priority)
     if f.site:
-        q = q.where(Site.code == f.site)
+        q = q.where(Case.site_id == select(Site.id).where(Site.code == f.site).scalar_subquery())
     if f.modality:
         q = q.where(Case.modality == f.modality.upper())
     if f.subspecialty:
         q = q.where(Case.required_subspecialty.contains(f.subspecialty.lower()))
     if f.state:
         q = q.where(Case.state == f.state)
-    return q.order_by(Case.priority_rank, Case.deadline.is_(None), Case.deadline, Case.id).limit(f.limit).offset(
-        f.offset)
+    order = (Case.priority_rank, Case.deadline.is_(None), Case.deadline, Case.id)
+    page = q.order_by(*order).limit(f.limit).offset(f.offset).subquery()
+    return (_base().join(page, page.c.id == Case.id)
+            .order_by(page.c.priority_rank, page.c.deadline.is_(None), page.c.deadline, page.c.id))
 
 
 def reader_worklist(session: Session, user_id: int, f: WorklistFilter | None = None) -> list[Any]:
@@ -65,22 +70,25 @@ def reader_worklist(session: Session, user_id: int, f: WorklistFilter | None = N
     cost grows with the reader's own list, not with every open case.
     """
     f = f or WorklistFilter()
-    offered = (select(Case.id).join(CaseCandidate, CaseCandidate.case_id == Case.id)
-               .where(CaseCandidate.user_id == user_id, Case.state == CaseState.AVAILABLE.value,
-                      or_(Case.assignee.is_(None), Case.assignee == user_id)))
-    mine = select(Case.id).where(Case.claimed_by == user_id,
-                                 Case.state.in_([CaseState.CLAIMED.value, CaseState.PRELIMINARY.value]))
-    ids = union_all(offered, mine).subquery()
-    return list(session.execute(_filtered(_base().where(Case.id.in_(select(ids.c.id))), f)).all())
+    available = and_(Case.state == CaseState.AVAILABLE.value, or_(Case.assignee.is_(None), Case.assignee == user_id))
+    mine = and_(Case.claimed_by == user_id, Case.state.in_([CaseState.CLAIMED.value, CaseState.PRELIMINARY.value]))
+    if session.get_bind().dialect.name == "postgresql":
+        # ``id = ANY(array of my candidate ids)`` makes PostgreSQL fetch just those rows by
+        # primary key; with ``IN (subquery)`` it prefers a scan of every open case.
+        candidate_ids = (select(func.array_agg(CaseCandidate.case_id))
+                         .where(CaseCandidate.user_id == user_id).scalar_subquery())
+        offered = and_(Case.id == any_(cast(candidate_ids, ARRAY(BigInteger))), available)
+    else:
+        offered = and_(Case.id.in_(select(CaseCandidate.case_id).where(CaseCandidate.user_id == user_id)),
+                       available)
+    return list(session.execute(_page(or_(offered, mine), f)).all())
 
 
 def all_cases(session: Session, f: WorklistFilter | None = None, open_only: bool = True) -> list[Any]:
     """Every case (admins, supervisors): the network-wide view."""
     f = f or WorklistFilter()
-    q = _base()
-    if open_only and not f.state:
-        q = q.where(Case.state.in_([s.value for s in OPEN_STATES]))
-    return list(session.execute(_filtered(q, f)).all())
+    where = Case.state.in_([s.value for s in OPEN_STATES]) if open_only and not f.state else true()
+    return list(session.execute(_page(where, f)).all())
 
 
 def can_see(session: Session, case: Case, user_id: int) -> bool:
