@@ -145,3 +145,35 @@ def test_protocol_mismatch_and_incomplete_study_are_flagged(network, tmp_path: P
         flagged = next(e for e in case_events(s, case_id) if e.kind == "flagged").data["checks"]
         assert "ordered MR, received CT" in flagged[0] and "without" in flagged[0]
         assert "1 of 3 expected series" in flagged[1]
+
+
+def test_hub_overflow_after_waiting(network, tmp_path: Path) -> None:
+    """A spoke case nobody local claims widens to the hub pool after N minutes (an event)."""
+    from datetime import timedelta
+
+    from readingroom.clock import FrozenClock, set_clock, utcnow
+    from readingroom.workflow.readers import set_reader
+    from readingroom.workflow.rulestore import replace_rules
+
+    rt = network
+    with rt.db.session() as s:
+        replace_rules(s, "version: 3\nname: overflow\ndefaults:\n  mode: pull\n  pools: [local]\n"
+                         "  overflow: {after_minutes: 10, pools: [hub], when_pool_empty: false}\n", actor="t")
+        # cat becomes a valid local reader at LKS; ann (hub) is licensed for IL too.
+        set_reader(s, "cat", home_site="LKS", timezone="America/Chicago", shifts=["Mon-Sun 00:00-23:59"],
+                   licences={"US-IL": None}, credentials={"LKS": None})
+    clock = FrozenClock(utcnow())
+    previous = set_clock(clock)
+    try:
+        case_id = make_case(rt, tmp_path, institution="Lakeshore Regional Hospital")
+        with rt.db.read_session() as s:
+            assert case_events(s, case_id)[-1].data["eligible"] == ["cat"]
+        clock.advance(timedelta(minutes=11))
+        assert jobs.refresh_routing(rt, min_age_seconds=0) == 1
+        with rt.db.read_session() as s:
+            kinds = [e.kind for e in case_events(s, case_id)]
+            assert kinds[-2:] == ["routed", "overflowed"]
+            assert sorted(case_events(s, case_id)[-2].data["eligible"]) == ["ann", "cat"]
+        assert jobs.refresh_routing(rt, min_age_seconds=0) == 0  # nothing changed: nothing logged
+    finally:
+        set_clock(previous)

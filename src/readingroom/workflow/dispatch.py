@@ -20,11 +20,18 @@ from sqlalchemy.orm import Session
 from readingroom.clock import utcnow
 from readingroom.governance.models import Site, User
 from readingroom.workflow import exceptions
-from readingroom.workflow.cases import SYSTEM, Actor, get_case, transition
+from readingroom.workflow.cases import SYSTEM, Actor, get_case, log_event, transition
 from readingroom.workflow.decision import RoutingDecision
 from readingroom.workflow.enums import Priority
 from readingroom.workflow.facts import CaseFacts, ReaderFacts, ReaderLoad, SiteFacts
-from readingroom.workflow.models import Case, CaseCandidate, ReaderCredential, ReaderLicence, ReaderProfile
+from readingroom.workflow.models import (
+    Case,
+    CaseCandidate,
+    CaseEvent,
+    ReaderCredential,
+    ReaderLicence,
+    ReaderProfile,
+)
 from readingroom.workflow.routing import dry_run, route
 from readingroom.workflow.rulestore import active_rules
 from readingroom.workflow.states import OPEN_STATES, CaseState
@@ -121,6 +128,12 @@ def decide(session: Session, case_id: int, now: datetime | None = None, *, trace
     return fn(facts, readers, sites, rules, now, loads), ids, version
 
 
+def _last_routing_overflowed(session: Session, case_id: int) -> bool:
+    data = session.scalar(select(CaseEvent.data).where(CaseEvent.case_id == case_id, CaseEvent.kind == "routed")
+                          .order_by(CaseEvent.id.desc()).limit(1))
+    return bool(data and (data.get("overflow") or {}).get("widened"))
+
+
 def digest(decision: RoutingDecision) -> str:
     """What a worklist shows of a decision; a re-route that changes none of it is not logged."""
     key = json.dumps([sorted(decision.eligible), decision.assignee, decision.overflowed, decision.priority.value,
@@ -164,6 +177,7 @@ def route_case(session: Session, case_id: int, *, actor: Actor = SYSTEM, reason:
                                   reason=explanation.get("summary", decision.exception))
         return decision
     assignee = ids.get(decision.assignee) if decision.assignee else None
+    was_overflowed = _last_routing_overflowed(session, case_id)
     if case.state == CaseState.EXCEPTION.value:
         exceptions.resolve_for_case(session, case_id, actor=actor.name, resolution="routed")
     transition(session, case_id, "routed", actor, data=explanation, values={
@@ -173,9 +187,12 @@ def route_case(session: Session, case_id: int, *, actor: Actor = SYSTEM, reason:
         "mode": decision.mode.value, "rule_id": decision.rule_id or "", "rules_version": version,
         "required_subspecialty": ",".join(sorted(decision.required_subspecialties)),
         "second_reader_required": decision.second_reader, "deadline": decision.sla_deadline,
-        "assignee": assignee, "pool_widened": decision.overflowed or case.pool_widened,
+        "assignee": assignee,
         "routing_digest": new_digest, "routed_at": now, "escalation_plan": plan, "next_escalation_at": next_at,
     })
+    if decision.overflowed and not was_overflowed:
+        log_event(session, case_id, "overflowed", actor, case.state, CaseState.AVAILABLE.value,
+                  {"summary": explanation.get("summary", ""), "trigger": reason}, now)
     session.execute(delete(CaseCandidate).where(CaseCandidate.case_id == case_id))
     eligible = [ids[u] for u in decision.eligible if u in ids]
     if eligible:
