@@ -60,6 +60,16 @@ def write_large_instance(path: Path, size_mb: int, study_uid: str) -> Path:
     return path
 
 
+def dcmtk_storescu() -> str:
+    """DCMTK's storescu: pynetdicom installs a Python one of the same name that may come first on PATH."""
+    for candidate in ("/usr/bin/storescu", shutil.which("storescu")):
+        if candidate and os.path.exists(candidate):
+            probe = subprocess.run([candidate, "--version"], capture_output=True, text=True)
+            if "dcmtk" in probe.stdout.lower():
+                return candidate
+    raise SystemExit("needs DCMTK's storescu (apt-get install dcmtk)")
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -98,7 +108,7 @@ def main() -> None:
         print(f"server idle: RSS {current_rss_mb(pid):.0f} MB")
         t = time.perf_counter()
         env = {**os.environ, "TCP_NODELAY": "1"}
-        subprocess.run(["storescu", "-aet", "TESTSCU", "-aec", server.aet, "127.0.0.1", str(server.dicom_port),
+        subprocess.run([dcmtk_storescu(), "-aet", "TESTSCU", "-aec", server.aet, "127.0.0.1", str(server.dicom_port),
                         str(src)], check=True, env=env)
         print(f"C-STORE: {size / (time.perf_counter() - t):.0f} MB/s, peak RSS {peak_rss_mb(pid):.0f} MB")
         boundary = "rrlargeboundary"

@@ -7,7 +7,7 @@
 # Uses the protocol-generic harness in ../shared/bench (DIMSE via dcmtk, DICOMweb via HTTP).
 # Both servers get a fresh, empty store each round; rounds alternate which one goes first, as
 # the machine is noisy. Figures: bench/results/*.json; the table is printed and appended to
-# bench/RESULTS.md with the command that made it. Needs: apt-get install dcmtk orthanc orthanc-dicomweb.
+# bench/RESULTS.md (under its "Run log") with the command that made it. Needs: apt-get install dcmtk orthanc orthanc-dicomweb.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -26,6 +26,10 @@ WORK=${WORK:-/tmp/rr-bench}
 mkdir -p "$RESULTS/raw" "$DATA"
 command -v Orthanc >/dev/null && command -v storescu >/dev/null || {
   echo "needs: apt-get install -y orthanc orthanc-dicomweb dcmtk"; exit 1; }
+# Both servers use fixed ports; a leftover server would be measured instead (or make startup fail).
+for port in 4242 8042 8080 11112; do
+  if ss -ltn "sport = :$port" | grep -q LISTEN; then echo "port $port is in use: stop whatever listens there"; exit 1; fi
+done
 
 case $DATASET in
   small) GEN=(--studies 20 --series 4 --instances 35) ;;
@@ -79,7 +83,7 @@ table=$($PY "$HARNESS/report.py" "${labels[@]}")
 echo "$table"
 {
   echo
-  echo "## $DATASET, $(date -u +%Y-%m-%dT%H:%MZ), $ROUNDS round(s)"
+  echo "### $DATASET, $(date -u +%Y-%m-%dT%H:%MZ), $ROUNDS round(s)"
   echo
   echo "Command: \`DATASET=$DATASET ROUNDS=$ROUNDS PHASES=$PHASES bash bench/run_vs_orthanc.sh\`"
   echo

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import tempfile
@@ -14,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 
 from readingroom import __version__
 from readingroom.archive.stability import complete_stable_studies
+from readingroom.governance import audit
 from readingroom.runtime import Runtime
 from readingroom.scheduler import Scheduler
 
@@ -114,6 +116,11 @@ def serve(rt: Runtime, *, dimse: bool = True) -> None:
         dimse_server.start()
     scheduler.start()
     app = create_app(rt)
+    # Everything built so far lives as long as the process: keep it out of the
+    # cyclic collector's full passes (each one otherwise walks ~150k objects with
+    # the GIL held, a pause for every request and association in flight).
+    gc.collect()
+    gc.freeze()
     try:
         uvicorn.run(
             app,
@@ -127,4 +134,5 @@ def serve(rt: Runtime, *, dimse: bool = True) -> None:
         scheduler.stop()
         if dimse_server:
             dimse_server.stop()
+        audit.flush(rt.db)
         rt.close()

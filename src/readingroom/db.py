@@ -9,12 +9,14 @@ transactions so queries never wait behind ingest.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, inspect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -57,6 +59,26 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC)
 
 
+def _json_dumps(value: Any) -> str:
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # what only the standard library handles (integers beyond 64 bits, ...)
+        return json.dumps(value)
+
+
+def _json_loads(text: str | bytes) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:  # e.g. NaN written by the standard library
+        return json.loads(text)
+
+
+#: JSON columns through orjson: the DICOM JSON fragments on every study, series and
+#: instance row are (de)serialized on each ingest and query, and the standard
+#: library took about a tenth of a QIDO request's time.
+JSON_CODEC: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": _json_loads}
+
+
 def normalise_url(url: str) -> str:
     """Make ``postgresql://`` URLs use psycopg 3 (the driver we ship)."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
@@ -73,7 +95,7 @@ def _sqlite_engine(url: str, begin: str) -> Engine:
     path = url.split("///", 1)[1] if "///" in url else ""
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60}, **JSON_CODEC)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -106,7 +128,8 @@ class Database:
             self.read_engine = _sqlite_engine(self.url, "BEGIN")
         else:
             self.engine = create_engine(
-                self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800
+                self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800,
+                **JSON_CODEC,
             )
             self.read_engine = self.engine
         self._write = sessionmaker(self.engine, expire_on_commit=False)

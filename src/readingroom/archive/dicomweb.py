@@ -83,7 +83,7 @@ _recent_lock = threading.Lock()
 def _audit(bg: BackgroundTasks, rt: Runtime, request: Request, principal: Principal, action: str, *,
            study: str = "", patient_id: str = "", detail: dict[str, Any] | None = None,
            coalesce: bool = False) -> None:
-    """Queue one audit record (written after the response is sent, so it adds no latency).
+    """Queue one audit record (written in batches by ``audit.record_soon``, so it adds no latency).
 
     ``coalesce`` keeps per-frame/rendered reads to one record per user, study
     and action every few minutes: a viewer fetches hundreds of frames of a
@@ -97,9 +97,9 @@ def _audit(bg: BackgroundTasks, rt: Runtime, request: Request, principal: Princi
             if len(_recent) > 50_000:
                 _recent.clear()
             _recent[key] = now + AUDIT_COALESCE_SECONDS
-    bg.add_task(audit.record_now, rt.db, actor=principal.username, source=_source(request), action=action,
-                resource_type="study" if study else "", resource_id=study, patient_id=patient_id,
-                detail=detail or {})
+    audit.record_soon(rt.db, actor=principal.username, source=_source(request), action=action,
+                      resource_type="study" if study else "", resource_id=study, patient_id=patient_id,
+                      detail=detail or {})
 
 
 def _instances(rt: Runtime, study: str, series: str | None = None, sop: str | None = None) -> list[InstanceRef]:

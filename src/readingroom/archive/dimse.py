@@ -239,14 +239,17 @@ class DimseServer:
 
     def _stage(self, event: evt.Event) -> Path:
         """The received instance as a Part-10 file in the blob staging area."""
-        staged = self.rt.blobs.new_staging_path()
         if _config.STORE_RECV_CHUNKED_DATASET:
             received = Path(event.dataset_path)
+            if received.parent == self.rt.blobs.staging_dir:
+                return received  # `serve` spools there: ingest consumes it in place, pynetdicom's unlink no-ops
+            staged = self.rt.blobs.new_staging_path()
             try:
                 os.replace(received, staged)  # same filesystem under `serve`
             except OSError:
                 shutil.copyfile(received, staged)  # e.g. temp dir elsewhere (embedded use)
             return staged
+        staged = self.rt.blobs.new_staging_path()
         staged.write_bytes(event.encoded_dataset(include_meta=True))
         return staged
 

@@ -1,21 +1,21 @@
 """Ingest: validate, store the original bytes durably, then index them.
 
-The order is fixed by principle 4: the staged file is parsed and hashed,
-fsynced and renamed into the blob store, and only then indexed in one
-transaction (with its audit record). A failure before the commit removes the
-blob unless another row already references it; a crash in between leaves an
-unindexed blob that ``readingroom check --repair`` indexes. Nothing is ever
-visible half-written.
+The order is fixed by principle 4: the staged file is parsed and hashed
+(one open, one pass over the bytes), fsynced and renamed into the blob
+store, and only then indexed in a transaction with its audit record. That
+transaction is shared with whatever other instances are ready at the same
+moment (group commit, ``ingest_batch``); the caller's result, and so the
+C-STORE response or STOW part status, comes only after it commits. A failure
+before the commit removes the blob unless another row already references
+it; a crash in between leaves an unindexed blob that ``readingroom check
+--repair`` indexes. Nothing is ever visible half-written.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -24,9 +24,11 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from readingroom.archive import index
-from readingroom.archive.blobs import blob_key, copy_to_staging, file_sha256
+from readingroom.archive.attributes import first_value
+from readingroom.archive.blobs import blob_key, copy_to_staging
+from readingroom.archive.ingest_batch import ID_CACHE, Pending, audit_values, group_for, index_batch, instance_values
 from readingroom.archive.models import IngestConflict, Instance
-from readingroom.archive.parsing import InvalidInstance, ParsedInstance, parse_file
+from readingroom.archive.parsing import InvalidInstance, ParsedInstance, parse_and_hash
 from readingroom.clock import utcnow
 from readingroom.governance import audit
 from readingroom.governance.models import AuditRecord
@@ -108,14 +110,13 @@ def ingest_staged(
     """Ingest a file already in the blob store's staging area; it is consumed."""
     try:
         try:
-            parsed = parse_file(staged)
+            parsed, sha = parse_and_hash(staged)
         except InvalidInstance as exc:
             audit.record_now(
                 rt.db, actor=actor, source=source, action="instance.store", outcome="failure",
                 resource_type="instance", reason=str(exc),
             )
             return _result("rejected", None, str(exc))
-        sha = file_sha256(staged)
         key = blob_key(parsed.sop_uid, sha)
         try:
             rt.blobs.commit(staged, key)
@@ -123,14 +124,37 @@ def ingest_staged(
             log.error("blob write failed for %s: %s", parsed.sop_uid, exc)
             return _result("failed", parsed, f"storage failure: {exc.strerror or exc}")
         _fault("after_blob_commit")
-        try:
-            return _index_with_retry(rt, parsed, sha, key, actor=actor, source=source, site_id=site_id)
-        except Exception as exc:
-            _drop_if_unreferenced(rt, key)
-            log.exception("indexing failed for %s", parsed.sop_uid)
-            return _result("failed", parsed, f"indexing failure: {exc}")
+        item = Pending(rt, parsed, sha, key, actor, source, site_id)
+        return group_for(rt.db, _run_batch).submit(item)
     finally:
         staged.unlink(missing_ok=True)
+
+
+def _run_batch(items: list[Pending]) -> None:
+    """Index a batch in one transaction; what that cannot index goes one by one (see ingest_batch)."""
+    try:
+        rest = index_batch(items[0].rt.db, items, lambda: _fault("before_index_commit"))
+    except Exception as exc:  # a lost race, a database error, a fault: the one-instance path sorts it out
+        log.warning("group commit of %d instance(s) failed (%s); indexing them one by one", len(items), exc)
+        log.debug("group commit failure", exc_info=True)
+        ID_CACHE.clear()
+        rest = items
+    for item in items:
+        if item in rest:
+            item.result = _index_one(item)
+        else:
+            item.result = _result("stored", item.parsed)
+
+
+def _index_one(item: Pending) -> IngestResult:
+    """The one-instance path: duplicates, conflicts, retries, and clean-up on failure."""
+    try:
+        return _index_with_retry(item.rt, item.parsed, item.sha, item.key, actor=item.actor,
+                                 source=item.source, site_id=item.site_id)
+    except Exception as exc:
+        _drop_if_unreferenced(item.rt, item.key)
+        log.exception("indexing failed for %s", item.parsed.sop_uid)
+        return _result("failed", item.parsed, f"indexing failure: {exc}")
 
 
 def _index_with_retry(
@@ -144,7 +168,7 @@ def _index_with_retry(
             # Lost a race with another writer (same study/series/instance at once)
             # or a serialization failure: the retry sees the winner's rows.
             last = exc
-            _ID_CACHE.clear()
+            ID_CACHE.clear()
     assert last is not None
     raise last
 
@@ -152,42 +176,34 @@ def _index_with_retry(
 def _index(
     rt: Runtime, p: ParsedInstance, sha: str, key: str, *, actor: str, source: str, site_id: int | None
 ) -> IngestResult:
-    """Index one committed blob in one transaction (hot path: a handful of Core statements)."""
+    """Index one committed blob in one transaction (the batch path's fallback)."""
     now = utcnow()
-    values = _instance_values(p, sha, key, now, source)
+    values = instance_values(p, sha, key, now, source)
     with rt.db.session() as s:
         cache_key = f"{rt.db.url}|{p.series_uid}"
-        known = _ID_CACHE.get(cache_key)
+        known = ID_CACHE.get(cache_key)
         new_series = False
         if known is None:
             if site_id is None:
-                site_id = site_for_institution(rt, str(p.dataset.get("InstitutionName", "") or ""))
+                site_id = site_for_institution(rt, str(first_value(p.metadata, "00080080", "") or ""))
             patient_pk = index.upsert_patient(s, p, now)
             study_pk = index.upsert_study(s, p, patient_pk, site_id, now)
             series_pk, new_series = index.upsert_series(s, p, study_pk)
         else:
             study_pk, series_pk = known
         inst_id = s.execute(
-            index.insert_for(s, Instance)
+            index.insert_for(s, Instance.__table__)
             .values(series_pk=series_pk, study_pk=study_pk, **values)
             .on_conflict_do_nothing()
-            .returning(Instance.id)
+            .returning(Instance.__table__.c.id)
         ).scalar()
         if inst_id is None:
             return _index_existing(rt, s, p, sha, key, values, actor=actor, source=source)
         index.count_instance(s, study_pk, series_pk, p.file_size, now, new_series)
-        _audit_store(s, p, actor, source, now)
+        s.execute(insert(AuditRecord.__table__).values(**audit_values(p, actor, source, now)))
         _fault("before_index_commit")
-    _ID_CACHE.put(cache_key, (study_pk, series_pk))
+    ID_CACHE.put(cache_key, (study_pk, series_pk))
     return _result("stored", p)
-
-
-def _audit_store(s: Session, p: ParsedInstance, actor: str, source: str, now: datetime) -> None:
-    s.execute(insert(AuditRecord).values(
-        at=now, actor=actor[:128], source=source[:128], action="instance.store", resource_type="instance",
-        resource_id=p.sop_uid, patient_id=str(p.dataset.get("PatientID", "") or "")[:64], outcome="success",
-        detail={"study": p.study_uid, "series": p.series_uid, "size": p.file_size}, reason="",
-    ))
 
 
 def _index_existing(
@@ -218,7 +234,7 @@ def _index_existing(
         return _result("conflict", p, CONFLICT_REASON)
     s.execute(update(Instance).where(Instance.id == existing.id).values(**values))
     index.recount(s, existing.study_pk)
-    _audit_store(s, p, actor, source, now)
+    s.execute(insert(AuditRecord.__table__).values(**audit_values(p, actor, source, now)))
     _fault("before_index_commit")
     s.commit()
     if existing.blob_key != key:
@@ -226,66 +242,9 @@ def _index_existing(
     return _result("replaced", p)
 
 
-def _instance_values(p: ParsedInstance, sha: str, key: str, now: datetime, source: str) -> dict[str, Any]:
-    ds = p.dataset
-    return {
-        "sop_uid": p.sop_uid,
-        "sop_class_uid": p.sop_class_uid,
-        "instance_number": index._int(ds, "InstanceNumber"),
-        "rows": index._int(ds, "Rows"),
-        "columns": index._int(ds, "Columns"),
-        "bits_allocated": index._int(ds, "BitsAllocated"),
-        "number_of_frames": index._int(ds, "NumberOfFrames"),
-        "transfer_syntax_uid": p.transfer_syntax_uid,
-        "blob_key": key,
-        "size_bytes": p.file_size,
-        "sha256": sha,
-        "pixel_offset": p.pixel_offset,
-        "pixel_length": p.pixel_length,
-        "received_at": now,
-        "source": source[:128],
-        "attrs": p.level_attrs["IMAGE"],
-        "metadata_json": p.metadata_json(),
-    }
-
-
-class _IdCache:
-    """Series UID -> (study key, series key), so most instances skip three upserts.
-
-    Only filled after a commit; any integrity error clears it (a study may
-    have been deleted meanwhile), and the retry takes the slow path.
-    """
-
-    def __init__(self, size: int = 20_000) -> None:
-        self._data: OrderedDict[str, tuple[int, int]] = OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> tuple[int, int] | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
-
-    def put(self, key: str, value: tuple[int, int]) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self._size:
-                self._data.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-
-
-_ID_CACHE = _IdCache()
-
-
 def forget_cached_ids() -> None:
     """Forget cached study/series keys (after deletes, merges, restores)."""
-    _ID_CACHE.clear()
+    ID_CACHE.clear()
 
 
 def _drop_if_unreferenced(rt: Runtime, key: str) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, false, or_, true
+from sqlalchemy import ColumnElement, and_, false, literal, or_, true
 from sqlalchemy.sql.elements import ColumnElement as _CE
 
 _TM_UPPER_PAD = {2: "5959", 4: "59", 6: ""}
@@ -101,11 +101,10 @@ def list_contains_condition(column: Any, value: str) -> ColumnElement[bool]:
     values = split_values(value, "CS")
     if not values:
         return true()
-    conds = []
-    for v in values:
-        pat = like_pattern(v)
-        conds.append(or_(column == v, column.like(f"{pat}\\%", escape="!"),
-                         column.like(f"%\\{pat}", escape="!"), column.like(f"%\\{pat}\\%", escape="!")))
+    # One LIKE on the list wrapped in delimiters ('\CT\MR\' LIKE '%\MR\%') says "is an element",
+    # where four comparisons (whole, first, last, middle) built four times the expression objects.
+    wrapped = literal("\\") + column + literal("\\")
+    conds = [wrapped.like(f"%\\{like_pattern(v)}\\%", escape="!") for v in values]
     return or_(*conds) if conds else false()
 
 

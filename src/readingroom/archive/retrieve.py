@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from readingroom.archive.models import Instance, Patient, Series, Study
@@ -37,38 +37,42 @@ class InstanceRef:
     patient_id: str
 
 
-def _query(
-    study_uid: str | None = None,
-    series_uid: str | None = None,
-    sop_uid: str | None = None,
-    study_uids: list[str] | None = None,
-    series_uids: list[str] | None = None,
-    sop_uids: list[str] | None = None,
-) -> Select[Any]:
+_I, _SE, _ST, _P = Instance.__table__.c, Series.__table__.c, Study.__table__.c, Patient.__table__.c
+_FILTERS = {
+    "study_uid": (_ST.study_uid, False), "series_uid": (_SE.series_uid, False), "sop_uid": (_I.sop_uid, False),
+    "study_uids": (_ST.study_uid, True), "series_uids": (_SE.series_uid, True), "sop_uids": (_I.sop_uid, True),
+}
+_STATEMENTS: dict[tuple[str, ...], Select[Any]] = {}
+
+
+def _query(used: tuple[str, ...]) -> Select[Any]:
+    """The lookup for one combination of filters, with bound parameters, built once.
+
+    Plain table columns (no ORM entities) and a statement object reused per
+    combination keep a frame or instance lookup to SQLAlchemy's cached
+    compiled form: building and compiling the join each time cost as much
+    as running it.
+    """
+    q = _STATEMENTS.get(used)
+    if q is not None:
+        return q
     q = (
         select(
-            Study.study_uid, Series.series_uid, Instance.sop_uid, Instance.sop_class_uid,
-            Instance.transfer_syntax_uid, Instance.blob_key, Instance.size_bytes, Instance.sha256,
-            Instance.pixel_offset, Instance.pixel_length, Instance.number_of_frames, Instance.rows,
-            Instance.columns, Instance.bits_allocated, Patient.patient_id,
+            _ST.study_uid, _SE.series_uid, _I.sop_uid, _I.sop_class_uid, _I.transfer_syntax_uid, _I.blob_key,
+            _I.size_bytes, _I.sha256, _I.pixel_offset, _I.pixel_length, _I.number_of_frames, _I.rows,
+            _I.columns, _I.bits_allocated, _P.patient_id,
         )
-        .join(Series, Series.id == Instance.series_pk)
-        .join(Study, Study.id == Instance.study_pk)
-        .join(Patient, Patient.id == Study.patient_pk)
+        .select_from(Instance.__table__)
+        .join(Series.__table__, _SE.id == _I.series_pk)
+        .join(Study.__table__, _ST.id == _I.study_pk)
+        .join(Patient.__table__, _P.id == _ST.patient_pk)
     )
-    if study_uid:
-        q = q.where(Study.study_uid == study_uid)
-    if series_uid:
-        q = q.where(Series.series_uid == series_uid)
-    if sop_uid:
-        q = q.where(Instance.sop_uid == sop_uid)
-    if study_uids:
-        q = q.where(Study.study_uid.in_(study_uids))
-    if series_uids:
-        q = q.where(Series.series_uid.in_(series_uids))
-    if sop_uids:
-        q = q.where(Instance.sop_uid.in_(sop_uids))
-    return q.order_by(Study.study_uid, Series.series_number, Series.id, Instance.instance_number, Instance.id)
+    for name in used:
+        column, many = _FILTERS[name]
+        q = q.where(column.in_(bindparam(name, expanding=True)) if many else column == bindparam(name))
+    q = q.order_by(_ST.study_uid, _SE.series_number, _SE.id, _I.instance_number, _I.id)
+    _STATEMENTS[used] = q
+    return q
 
 
 def find_instances(
@@ -82,9 +86,10 @@ def find_instances(
     sop_uids: list[str] | None = None,
 ) -> list[InstanceRef]:
     """Instances matching the given UIDs, in study/series/instance-number order."""
-    rows = session.execute(
-        _query(study_uid, series_uid, sop_uid, study_uids, series_uids, sop_uids)
-    ).all()
+    given = {"study_uid": study_uid, "series_uid": series_uid, "sop_uid": sop_uid, "study_uids": study_uids,
+             "series_uids": series_uids, "sop_uids": sop_uids}
+    params = {name: value for name, value in given.items() if value}
+    rows = session.execute(_query(tuple(params)), params).all()
     return [InstanceRef(*row) for row in rows]
 
 

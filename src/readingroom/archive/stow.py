@@ -36,7 +36,7 @@ PROCESSING_FAILURE = 0x0110
 ELEMENTS_DISCARDED = 0xB006  # warning: this copy was discarded, the stored one with the UID is kept
 
 FLUSH_BYTES = 1024 * 1024
-INGEST_WORKERS = 2
+INGEST_WORKERS = 4
 _pool = ThreadPoolExecutor(max_workers=INGEST_WORKERS, thread_name_prefix="stow-ingest")
 
 

@@ -116,16 +116,22 @@ def stream_length(plans: list[Planned], writer: MultipartWriter) -> int | None:
     return total + len(probe.close())
 
 
+#: How far ahead of the file being sent a study retrieve asks for read-ahead.
+PREFETCH_BYTES = 16 * 1024 * 1024
+
+
 def stream_instances(rt: Runtime, plans: list[Planned], writer: MultipartWriter) -> Iterator[memoryview]:
     """The multipart body: each instance's original bytes (or its transcode), in ~1 MiB pieces.
 
     Files are read with ``readinto`` straight into fresh 1 MiB buffers, so
     small instances share one write to the socket with their part headers
     and a large one costs a single copy; a buffer is never reused after it
-    is yielded (the server may still hold it).
+    is yielded (the server may still hold it). The next files (up to
+    ``PREFETCH_BYTES`` ahead) are handed to the blob store's read-ahead.
     """
     buf = memoryview(bytearray(CHUNK))
     filled = 0
+    ahead, pending = 0, 0  # next plan not yet prefetched; prefetched bytes not yet being sent
 
     def put(data: bytes) -> Iterator[memoryview]:
         nonlocal buf, filled
@@ -139,7 +145,13 @@ def stream_instances(rt: Runtime, plans: list[Planned], writer: MultipartWriter)
                 yield buf
                 buf, filled = memoryview(bytearray(CHUNK)), 0
 
-    for p in plans:
+    for i, p in enumerate(plans):
+        if i < ahead:
+            pending -= p.ref.size
+        while ahead < len(plans) and (ahead <= i or pending < PREFETCH_BYTES):
+            rt.blobs.prefetch(plans[ahead].ref.blob_key)
+            pending += plans[ahead].ref.size if ahead > i else 0
+            ahead += 1
         if not p.as_stored:
             data = transcode(rt, p.ref, p.target_ts)
             yield from put(writer.part_head(_part_type(p.target_ts), length=len(data)))

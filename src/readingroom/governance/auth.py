@@ -66,6 +66,13 @@ def forget_cached_credentials() -> None:
         _cache.clear()
 
 
+def cached_principal(authorization: str | None) -> Principal | None:
+    """The principal of a header verified recently, without any I/O (None: call ``authenticate_header``)."""
+    if not authorization:
+        return None
+    return _cached(hashlib.sha256(authorization.encode()).hexdigest())
+
+
 def authenticate_header(rt: Runtime, authorization: str | None) -> Principal:
     """Resolve an ``Authorization`` header or raise AuthError with the reason."""
     if not authorization:
