@@ -7,7 +7,7 @@
 # Uses the protocol-generic harness in ../shared/bench (DIMSE via dcmtk, DICOMweb via HTTP).
 # Both servers get a fresh, empty store each round; rounds alternate which one goes first, as
 # the machine is noisy. Figures: bench/results/*.json; the table is printed and appended to
-# bench/RESULTS.md (under its "Run log") with the command that made it. Needs: apt-get install dcmtk orthanc orthanc-dicomweb.
+# bench/RESULTS.md (at the end, under "Archive benchmark run log") with the command that made it. Needs: apt-get install dcmtk orthanc orthanc-dicomweb.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
