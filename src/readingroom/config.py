@@ -70,6 +70,39 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list)
     max_upload_bytes: int = Field(default=8 * 1024**3, description="Largest accepted STOW-RS request body")
     max_associations: int = 16
+    # -- sessions, login protection, second factor, OIDC (governance) ---------------------------------
+    session_hours: float = Field(default=12.0, description="Browser session lifetime")
+    session_idle_minutes: float = Field(default=60.0, description="A session unused this long ends")
+    session_cookie_secure: bool = Field(
+        default=True, description="Mark the session cookie Secure (browsers allow it on http://localhost)")
+    login_max_failures: int = Field(default=5, description="Failed logins in a row before the account locks")
+    login_lockout_minutes: float = Field(default=15.0, description="How long a locked account stays locked")
+    login_rate_per_minute: int = Field(default=20, description="Login attempts per client address per minute")
+    mfa_required_roles: list[str] = Field(
+        default_factory=list, description="Roles that must use a TOTP second factor for interactive login")
+    oidc_issuer: str | None = Field(default=None, description="OpenID Provider issuer URL (e.g. a Keycloak realm)")
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    oidc_scopes: str = "openid profile email"
+    oidc_role_claim: str = Field(default="", description="Claim holding ReadingRoom roles (e.g. 'roles')")
+    oidc_auto_create: bool = Field(default=False, description="Create unknown OIDC users with oidc_default_role")
+    oidc_default_role: str = "referring_clinician"
+    # -- DIMSE TLS --------------------------------------------------------------------------------------
+    dicom_tls_port: int | None = Field(default=None, description="Also listen for DICOM over TLS on this port")
+    dicom_tls_cert: Path | None = None
+    dicom_tls_key: Path | None = None
+    dicom_tls_ca: Path | None = Field(default=None, description="CA bundle; when set, callers need a client cert")
+    # -- audit ------------------------------------------------------------------------------------------
+    audit_syslog_url: str | None = Field(
+        default=None, description="Forward DICOM audit messages (ATNA) as syslog: udp://host:514 or tcp://host:601")
+    audit_seal_grace_seconds: float = Field(
+        default=600.0, description="An unsealed audit row older than this is reported by 'audit verify'")
+    break_glass_minutes: float = Field(default=240.0, description="How long a break-the-glass grant lasts")
+    # -- share links, retention, residency ---------------------------------------------------------------
+    share_max_days: float = Field(default=30.0, description="Longest allowed share link lifetime")
+    share_passcode_attempts: int = Field(default=5, description="Wrong passcodes before a share link locks")
+    retention_mode: Literal["off", "dry-run", "purge"] = Field(
+        default="off", description="What the daily retention job does")
     log_level: str = "INFO"
 
     @classmethod

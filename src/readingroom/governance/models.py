@@ -1,4 +1,5 @@
-"""Governance tables: sites, users, API tokens and the audit trail."""
+"""Governance tables: sites, users and memberships, sessions, tokens, access grants,
+the audit trail and its seals, share links, retention rules and legal holds."""
 
 from __future__ import annotations
 
@@ -42,6 +43,80 @@ class User(Base):
     site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id"), nullable=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: The name this person carries in DICOM/HL7 (PN, e.g. ``Hartmann^Anna``): links a referring
+    #: clinician to the studies and orders that name them.
+    physician_name: Mapped[str] = mapped_column(String(128), default="", index=True)
+    #: Consecutive failed logins and the lockout they caused (brute-force protection).
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: Base32 TOTP secret (RFC 6238); enabled once the user confirmed a first code.
+    totp_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    totp_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: External identity (OIDC issuer + subject) this account is linked to.
+    oidc_issuer: Mapped[str] = mapped_column(String(255), default="")
+    oidc_subject: Mapped[str] = mapped_column(String(255), default="", index=True)
+
+
+class SiteMembership(Base):
+    """A user belongs to a site (a user may work for several); ``role`` overrides the user's role there."""
+
+    __tablename__ = "site_memberships"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(32), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class UserSession(Base):
+    """A browser session: only the SHA-256 of the cookie is stored, with its CSRF token."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    auth_method: Mapped[str] = mapped_column(String(16), default="password")
+    #: False while a second factor is still owed (the session can do nothing else yet).
+    mfa_passed: Mapped[bool] = mapped_column(Boolean, default=True)
+    source: Mapped[str] = mapped_column(String(128), default="")
+    user_agent: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class AccessGrant(Base):
+    """A relationship that lets a user see a case or study they would not see by role and site.
+
+    Consults, second opinions, conference participation and referrals create
+    grants; so does break-the-glass (``kind='break_glass'``), which is flagged
+    for review until an auditor closes it.
+    """
+
+    __tablename__ = "access_grants"
+    __table_args__ = (Index("ix_access_grants_user", "user_id", "revoked_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))
+    case_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), nullable=True,
+                                                index=True)
+    study_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
+    #: Whether the patient's other (prior) studies are visible too.
+    include_priors: Mapped[bool] = mapped_column(Boolean, default=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    granted_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: '' (no review needed), 'pending' or 'reviewed'.
+    review_state: Mapped[str] = mapped_column(String(16), default="", index=True)
+    reviewed_by: Mapped[str] = mapped_column(String(128), default="")
+    reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    review_note: Mapped[str] = mapped_column(Text, default="")
 
 
 class ApiToken(Base):
@@ -77,3 +152,81 @@ class AuditRecord(Base):
     outcome: Mapped[str] = mapped_column(String(16), default="success")
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     reason: Mapped[str] = mapped_column(Text, default="")
+    #: Needs an auditor's look (break-the-glass, denied access bursts, ...).
+    flagged: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+
+
+class AuditSeal(Base):
+    """The hash chain over the audit trail, kept beside it so audit rows are never updated.
+
+    ``seq`` orders the chain; ``mac`` = HMAC(key, previous mac, seq, record_id,
+    canonical record). No foreign key on purpose: a deleted record must leave
+    its seal behind so ``audit verify`` can report it.
+    """
+
+    __tablename__ = "audit_seals"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=False)
+    record_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), unique=True)
+    mac: Mapped[str] = mapped_column(String(64))
+    sealed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ShareLink(Base):
+    """A capability URL to one study or case; only the SHA-256 of the secret is stored."""
+
+    __tablename__ = "share_links"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    case_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), nullable=True)
+    #: 'view' (rendered images and metadata) or 'download' (also the DICOM files).
+    mode: Mapped[str] = mapped_column(String(16), default="view")
+    deidentify: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Secret that seeds the consistent UID remapping of a de-identified share.
+    uid_salt: Mapped[str] = mapped_column(String(64), default="")
+    passcode_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    recipient: Mapped[str] = mapped_column(String(255), default="")
+    #: Residency region of the recipient; checked against the study site's residency tag.
+    recipient_region: Mapped[str] = mapped_column(String(32), default="")
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    max_accesses: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    access_count: Mapped[int] = mapped_column(Integer, default=0)
+    failed_passcodes: Mapped[int] = mapped_column(Integer, default=0)
+    last_access_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class RetentionRule(Base):
+    """Studies of a site/modality older than ``min_age_days`` may be purged (never with an open case or hold)."""
+
+    __tablename__ = "retention_rules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"), nullable=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    min_age_days: Mapped[int] = mapped_column(Integer)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LegalHold(Base):
+    """Keeps a study (or every study of a patient) from being purged until released."""
+
+    __tablename__ = "legal_holds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
+    patient_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    released_by: Mapped[str] = mapped_column(String(128), default="")
