@@ -13,8 +13,12 @@ import hashlib
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from readingroom.governance.models import User
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from readingroom.governance.models import SiteMembership, User
 from readingroom.governance.users import user_for_password, user_for_token
 from readingroom.runtime import Runtime
 
@@ -24,16 +28,50 @@ TOKEN_CACHE_SECONDS = 10.0
 
 @dataclass(frozen=True)
 class Principal:
-    """An authenticated caller as the policy sees it."""
+    """An authenticated caller as the policy sees it.
+
+    ``site_ids`` holds the home site and every site membership; ``site_roles``
+    the role a membership grants at one site when it differs from ``role``
+    (a radiologist who is site admin at one hospital). ``scopes`` narrows a
+    scoped bearer token to some actions (None: everything the role allows).
+    """
 
     user_id: int
     username: str
     role: str
     site_id: int | None
+    site_ids: frozenset[int] = frozenset()
+    site_roles: tuple[tuple[int, str], ...] = ()
+    physician_name: str = ""
+    scopes: frozenset[str] | None = None
+    #: How the caller authenticated: 'basic', 'bearer', 'session' or 'peer' (DIMSE).
+    via: str = "basic"
+    session_id: int | None = None
 
     @classmethod
-    def of(cls, user: User) -> Principal:
-        return cls(user_id=user.id, username=user.username, role=user.role, site_id=user.site_id)
+    def of(cls, user: User, *, memberships: list[tuple[int, str]] | None = None,
+           scopes: list[str] | None = None, via: str = "basic", session_id: int | None = None) -> Principal:
+        members = memberships or []
+        sites = {site for site, _ in members}
+        if user.site_id is not None:
+            sites.add(user.site_id)
+        return cls(user_id=user.id, username=user.username, role=user.role, site_id=user.site_id,
+                   site_ids=frozenset(sites), site_roles=tuple(sorted((s, r) for s, r in members if r)),
+                   physician_name=user.physician_name or "",
+                   scopes=frozenset(scopes) if scopes else None, via=via, session_id=session_id)
+
+    def roles_at(self, site_id: int | None) -> frozenset[str]:
+        """The roles this principal holds at one site (its own role everywhere it is a member)."""
+        roles = {self.role}
+        roles.update(r for s, r in self.site_roles if s == site_id)
+        return frozenset(roles)
+
+
+def principal_for(session: Session, user: User, **kwargs: Any) -> Principal:
+    """Build the Principal of ``user`` with its site memberships loaded (keyword args as ``Principal.of``)."""
+    rows = session.execute(select(SiteMembership.site_id, SiteMembership.role)
+                           .where(SiteMembership.user_id == user.id)).all()
+    return Principal.of(user, memberships=[(site, role or "") for site, role in rows], **kwargs)
 
 
 class AuthError(Exception):
@@ -88,9 +126,9 @@ def authenticate_header(rt: Runtime, authorization: str | None) -> Principal:
             return hit
         with rt.db.read_session() as s:
             user = user_for_token(s, value)
-        if user is None:
-            raise AuthError("invalid, expired or revoked token")
-        principal = Principal.of(user)
+            if user is None:
+                raise AuthError("invalid, expired or revoked token")
+            principal = principal_for(s, user, via="bearer")
         _remember(key, principal, TOKEN_CACHE_SECONDS)
         return principal
     if scheme.lower() == "basic":
@@ -103,9 +141,9 @@ def authenticate_header(rt: Runtime, authorization: str | None) -> Principal:
             raise AuthError("malformed Basic credentials") from exc
         with rt.db.read_session() as s:
             user = user_for_password(s, username, password)
-        if user is None:
-            raise AuthError("invalid username or password")
-        principal = Principal.of(user)
+            if user is None:
+                raise AuthError("invalid username or password")
+            principal = principal_for(s, user, via="basic")
         _remember(key, principal, BASIC_CACHE_SECONDS)
         return principal
     raise AuthError(f"unsupported authorization scheme {scheme!r}")
