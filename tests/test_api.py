@@ -64,9 +64,11 @@ def test_peers_need_admin(client) -> None:
 
 def test_tokens_and_users(client) -> None:
     admin = bearer(client.tokens["admin"])
-    r = client.post("/api/v1/users", json={"username": "tech", "password": "pw", "role": "technologist"},
+    r = client.post("/api/v1/users", json={"username": "tech", "password": "long enough", "role": "technologist"},
                     headers=admin)
     assert r.status_code == 201
+    short = client.post("/api/v1/users", json={"username": "t2", "password": "pw"}, headers=admin)
+    assert short.status_code == 422 and "password" in short.text
     assert client.post("/api/v1/users", json={"username": "x", "role": "wizard"}, headers=admin).status_code == 422
     assert client.post("/api/v1/users", json={"username": "y"},
                        headers=bearer(client.tokens["reader"])).status_code == 403

@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from readingroom import __version__
+from readingroom.api_errors import install_error_docs, install_input_error_handlers
 from readingroom.archive.stability import complete_stable_studies
 from readingroom.governance import audit
 from readingroom.runtime import Runtime
@@ -27,6 +28,7 @@ def create_app(rt: Runtime) -> FastAPI:
     from readingroom.archive import api as archive_api
     from readingroom.archive import dicomweb
     from readingroom.governance import api as governance_api
+    from readingroom.governance import retention_api, shares_api, tokens_api, users_api
     from readingroom.workflow import api as workflow_api
 
     app = FastAPI(
@@ -41,7 +43,7 @@ def create_app(rt: Runtime) -> FastAPI:
             allow_origins=rt.settings.cors_origins,
             allow_credentials=True,
             allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "Accept", "If-Match"],
+            allow_headers=["Authorization", "Content-Type", "Accept", "If-Match", "X-CSRF-Token"],
             expose_headers=["ETag", "Content-Location", "Warning"],
         )
 
@@ -76,14 +78,43 @@ def create_app(rt: Runtime) -> FastAPI:
         return JSONResponse({"status": "ready"})
 
     app.include_router(governance_api.router, prefix="/api/v1")
+    app.include_router(users_api.router, prefix="/api/v1")
+    app.include_router(tokens_api.router, prefix="/api/v1")
+    _add_sign_in(app)
     app.include_router(archive_api.router, prefix="/api/v1")
     app.include_router(workflow_api.router, prefix="/api/v1")
+    app.include_router(retention_api.router, prefix="/api/v1")
+    app.include_router(shares_api.router, prefix="/api/v1")
+    app.include_router(shares_api.public_router)
+    from readingroom.governance import access_api, audit_api
+
+    app.include_router(audit_api.router, prefix="/api/v1")
+    app.include_router(access_api.router, prefix="/api/v1")
     app.include_router(dicomweb.router, prefix="/dicomweb")
+    install_input_error_handlers(app)
+    install_error_docs(app, governance_api.current_principal, governance_api.pending_principal)
     return app
+
+
+def _add_sign_in(app: FastAPI) -> None:
+    """Sign-in: JSON routes under /api/v1/auth, single sign-on under /auth/oidc, the pages and their CSS."""
+    from fastapi.staticfiles import StaticFiles
+
+    from readingroom.governance import accounts_api, auth_api, oidc_api
+    from readingroom.web import pages
+    from readingroom.web.templating import STATIC_DIR
+
+    app.include_router(auth_api.router, prefix="/api/v1")
+    app.include_router(accounts_api.router, prefix="/api/v1")
+    app.include_router(oidc_api.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
 
 def build_scheduler(rt: Runtime) -> Scheduler:
     """Background jobs every ``serve`` process runs (each is safe with several processes)."""
+    from readingroom.governance import retention_run
+    from readingroom.governance.sessions import prune_ended_sessions
     from readingroom.workflow import jobs
     from readingroom.workflow.notify import build_notifier
 
@@ -97,6 +128,12 @@ def build_scheduler(rt: Runtime) -> Scheduler:
     scheduler.add("routing-refresh", settings.routing_refresh_seconds,
                   lambda: jobs.refresh_routing(rt, settings.routing_refresh_seconds))
     scheduler.add("staging-cleanup", 3600, lambda: rt.blobs.clean_staging())
+    scheduler.add("session-cleanup", 3600, lambda: prune_ended_sessions(rt))
+    # Hourly wake-up, but the run itself happens once per UTC day network-wide (retention_run.claim_today).
+    scheduler.add("retention", 3600, lambda: retention_run.scheduled_run(rt))
+    from readingroom.governance.audit_jobs import add_audit_jobs
+
+    add_audit_jobs(scheduler, rt)  # audit-seal (hash chain) and audit-syslog (ATNA forwarding)
     return scheduler
 
 
@@ -111,6 +148,9 @@ def serve(rt: Runtime, *, dimse: bool = True) -> None:
     tempfile.tempdir = str(rt.blobs.staging_dir)
     os.environ["TMPDIR"] = str(rt.blobs.staging_dir)
     scheduler = build_scheduler(rt)
+    from readingroom.governance import audit_jobs
+
+    audit_jobs.record_lifecycle(rt, "start")
     dimse_server = DimseServer(rt) if dimse else None
     if dimse_server:
         dimse_server.start()
@@ -135,4 +175,5 @@ def serve(rt: Runtime, *, dimse: bool = True) -> None:
         if dimse_server:
             dimse_server.stop()
         audit.flush(rt.db)
+        audit_jobs.on_shutdown(rt)
         rt.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +18,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from readingroom.config import Settings, load_settings
+from readingroom.governance.audit_cli import audit_app
+from readingroom.governance.auth_cli import register as register_auth_commands
+from readingroom.governance.retention_cli import retention_app
 from readingroom.runtime import Runtime
 
 app = typer.Typer(help="ReadingRoom: medical imaging collaboration across sites.", no_args_is_help=True)
@@ -30,6 +32,8 @@ app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
 app.add_typer(peer_app, name="peer")
 app.add_typer(db_app, name="db")
+app.add_typer(retention_app, name="retention")
+app.add_typer(audit_app, name="audit")
 
 console = Console()
 err = Console(stderr=True)
@@ -71,6 +75,16 @@ def _site_id(session: object, code: str | None) -> int | None:
     return found.id
 
 
+def _cli_actor() -> str:
+    """The audit actor of a CLI change: the operating-system account that ran it."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return "cli"
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
     err.print(f"[red]error:[/red] {message}")
     return typer.Exit(code)
@@ -85,16 +99,27 @@ def serve(
     aet: Annotated[str | None, typer.Option(help="Our AE title (default READINGROOM)")] = None,
     hl7_port: Annotated[int | None, typer.Option(help="HL7 MLLP port (default 2575)")] = None,
     no_dimse: Annotated[bool, typer.Option("--no-dimse", help="Do not listen for DICOM")] = False,
+    dicom_tls_port: Annotated[
+        int | None, typer.Option(help="Also listen for DICOM TLS here (needs dicom_tls_cert / dicom_tls_key)")
+    ] = None,
 ) -> None:
     """Run the server: HTTP (UI, API, DICOMweb), DICOM and background jobs."""
     from readingroom.app import serve as run
+    from readingroom.archive.dimse_tls import TlsConfigError, server_context
 
-    settings = _settings(data_dir, host=host, port=port, dicom_port=dicom_port, aet=aet, hl7_port=hl7_port)
+    settings = _settings(data_dir, host=host, port=port, dicom_port=dicom_port, aet=aet, hl7_port=hl7_port,
+                         dicom_tls_port=dicom_tls_port)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not no_dimse:
+        try:  # unusable TLS settings stop the start with a readable reason, before anything listens
+            server_context(settings)
+        except TlsConfigError as exc:
+            raise _fail(f"DICOM TLS: {exc}", code=2) from exc
     rt = Runtime.open(settings)
+    tls = f"  DICOM TLS :{settings.dicom_tls_port}" if settings.dicom_tls_port and not no_dimse else ""
     err.print(
         f"ReadingRoom on http://{settings.host}:{settings.port}  "
-        f"DICOM {settings.aet}@{settings.host}:{settings.dicom_port}  data {settings.data_dir}"
+        f"DICOM {settings.aet}@{settings.host}:{settings.dicom_port}{tls}  data {settings.data_dir}"
     )
     run(rt, dimse=not no_dimse)
 
@@ -203,6 +228,10 @@ def check(
             console.print(f"{label}: {item}")
     for key in report.reindexed:
         console.print(f"re-indexed: {key}")
+    for key in report.purge_pending:
+        console.print(f"purged, deletion pending: {key}")
+    if report.purge_completed:
+        console.print(f"deleted {report.purge_completed} blob(s) of purged studies")
     for key, reason in report.unreadable_orphans:
         console.print(f"unrepairable orphan: {key}: {reason}")
     rt.close()
@@ -212,6 +241,16 @@ def check(
         raise typer.Exit(1)
 
 
+def _cli_actor() -> str:
+    """Who ran a CLI command, for the audit trail (the CLI acts with the data directory's full trust)."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:
+        return "cli"
+
+
 @user_app.command("add")
 def user_add(
     username: str,
@@ -219,9 +258,12 @@ def user_add(
     password: Annotated[str | None, typer.Option(help="Password (prompted if omitted)")] = None,
     full_name: Annotated[str, typer.Option(help="Display name")] = "",
     site: Annotated[str | None, typer.Option(help="Site code")] = None,
+    physician_name: Annotated[str, typer.Option(
+        help="Name in DICOM/HL7 (PN, e.g. Hartmann^Lena): the clinician sees studies that name them")] = "",
     data_dir: DataDir = None,
 ) -> None:
     """Add a local account."""
+    from readingroom.governance import audit
     from readingroom.governance.users import UserError, create_user
 
     if password is None:
@@ -230,9 +272,12 @@ def user_add(
     with rt.db.session() as s:
         site_id = _site_id(s, site)
         try:
-            create_user(s, username, password=password, role=role, full_name=full_name, site_id=site_id)
+            user = create_user(s, username, password=password, role=role, full_name=full_name, site_id=site_id)
         except UserError as exc:
             raise _fail(str(exc)) from exc
+        user.physician_name = physician_name
+        audit.record(s, actor=_cli_actor(), source="cli", action="user.create", resource_type="user",
+                     resource_id=username, detail={"role": role, "site": site})
     console.print(f"user {username} ({role}) created")
     rt.close()
 
@@ -242,19 +287,29 @@ def token_create(
     username: str,
     name: Annotated[str, typer.Option(help="What the token is for")] = "cli",
     days: Annotated[float | None, typer.Option(help="Expire after this many days (default: never)")] = None,
+    scope: Annotated[list[str] | None, typer.Option(
+        help="Limit the token to this action (repeatable), e.g. --scope archive.read")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Issue a bearer token for a user and print it (shown once)."""
-    from readingroom.governance.users import create_token, get_user
+    from readingroom.governance.tokens import TokenError, issue_token
+    from readingroom.governance.users import get_user
 
     rt = _runtime(data_dir)
     with rt.db.session() as s:
         user = get_user(s, username)
         if user is None:
             raise _fail(f"no user {username!r}")
-        _, secret = create_token(s, user, name=name, expires_in=timedelta(days=days) if days else None)
+        try:
+            _, secret = issue_token(s, user, name=name, expires_in_days=days, scopes=scope or [], caller_scopes=None,
+                                    actor=_cli_actor(), source="cli")
+        except TokenError as exc:
+            raise _fail(str(exc)) from exc
     rt.close()
     print(secret)
+
+
+register_auth_commands(user_app, token_app)  # token list|revoke, user unlock|reset-2fa|sign-out
 
 
 @peer_app.command("add")
@@ -265,6 +320,7 @@ def peer_add(
     port: int,
     site: Annotated[str | None, typer.Option(help="Site code this peer belongs to")] = None,
     description: Annotated[str, typer.Option(help="Free text")] = "",
+    tls: Annotated[bool, typer.Option("--tls", help="Call this peer over DICOM TLS (C-MOVE, send)")] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Register a DICOM peer (allowed to call us; a destination for C-MOVE and send)."""
@@ -274,10 +330,11 @@ def peer_add(
     with rt.db.session() as s:
         site_id = _site_id(s, site)
         try:
-            add_peer(s, name, ae_title, host, port, site_id=site_id, description=description)
+            add_peer(s, name, ae_title, host, port, site_id=site_id, description=description, tls=tls,
+                     actor=_cli_actor())
         except PeerError as exc:
             raise _fail(str(exc)) from exc
-    console.print(f"peer {name} ({ae_title}@{host}:{port}) added")
+    console.print(f"peer {name} ({ae_title}@{host}:{port}{', TLS' if tls else ''}) added")
     rt.close()
 
 
@@ -287,10 +344,11 @@ def peer_list(data_dir: DataDir = None) -> None:
     from readingroom.archive.peers import list_peers
 
     rt = _runtime(data_dir)
-    table = Table("name", "AE title", "host", "port", "site", "description")
+    table = Table("name", "AE title", "host", "port", "TLS", "site", "description")
     with rt.db.read_session() as s:
         for p in list_peers(s):
-            table.add_row(p.name, p.ae_title, p.host, str(p.port), str(p.site_id or ""), p.description)
+            table.add_row(p.name, p.ae_title, p.host, str(p.port), "yes" if p.tls else "", str(p.site_id or ""),
+                          p.description)
     console.print(table)
     rt.close()
 
@@ -303,7 +361,7 @@ def peer_remove(name: str, data_dir: DataDir = None) -> None:
     rt = _runtime(data_dir)
     with rt.db.session() as s:
         try:
-            remove_peer(s, name)
+            remove_peer(s, name, actor=_cli_actor())
         except PeerError as exc:
             raise _fail(str(exc)) from exc
     console.print(f"peer {name} removed")

@@ -97,10 +97,18 @@ class Settings(BaseSettings):
         default=None, description="Forward DICOM audit messages (ATNA) as syslog: udp://host:514 or tcp://host:601")
     audit_seal_grace_seconds: float = Field(
         default=600.0, description="An unsealed audit row older than this is reported by 'audit verify'")
+    audit_key_file: Path | None = Field(
+        default=None, description="HMAC key of the audit hash chain (default <data-dir>/secrets/audit.key)")
+    audit_anchor_file: Path | None = Field(
+        default=None, description="Where the chain head is recorded (default <data-dir>/secrets/audit.anchor)")
+    audit_syslog_ca: Path | None = Field(
+        default=None, description="CA bundle that signs the tls:// syslog receiver's certificate (default: system)")
     break_glass_minutes: float = Field(default=240.0, description="How long a break-the-glass grant lasts")
     # -- share links, retention, residency ---------------------------------------------------------------
     share_max_days: float = Field(default=30.0, description="Longest allowed share link lifetime")
     share_passcode_attempts: int = Field(default=5, description="Wrong passcodes before a share link locks")
+    share_deidentified_crosses_residency: bool = Field(
+        default=True, description="A de-identified share may go to a region other than the study site's residency tag")
     retention_mode: Literal["off", "dry-run", "purge"] = Field(
         default="off", description="What the daily retention job does")
     log_level: str = "INFO"

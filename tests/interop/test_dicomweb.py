@@ -354,7 +354,11 @@ def test_authentication_and_roles(server: ServerInfo, tmp_path: Path) -> None:
     assert httpx.post(f"{url}/studies", content=body, headers={**auditor, "Content-Type": ctype}).status_code == 403
     stored = httpx.post(f"{url}/studies", content=body, headers={**partner, "Content-Type": ctype})
     assert stored.status_code == 200
-    assert httpx.get(f"{url}/studies/{ct.StudyInstanceUID}", headers=partner).status_code == 403
+    # A partner may send studies but reads only what a grant (a referral) gives it: its own upload is
+    # invisible to it, answered as if it did not exist, and absent from its searches.
+    assert httpx.get(f"{url}/studies/{ct.StudyInstanceUID}", headers=partner).status_code == 404
+    found = httpx.get(f"{url}/studies", params={"StudyInstanceUID": ct.StudyInstanceUID}, headers=partner)
+    assert found.status_code in (200, 204) and not (found.content and found.json())
 
 
 def test_reads_are_audited(client: DICOMwebClient, server: ServerInfo, tmp_path: Path) -> None:

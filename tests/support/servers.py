@@ -188,7 +188,7 @@ def make_server(base_dir: Path, *, start: bool = True, **overrides: Any) -> Serv
             add_peer(s, ae.lower(), ae, "127.0.0.1", 104, description="test client")
     rt.close()
     info = ServerInfo(
-        data_dir=data_dir, port=port, dicom_port=dicom_port, aet=settings.aet, token=token,
+        data_dir=data_dir, port=settings.port, dicom_port=settings.dicom_port, aet=settings.aet, token=token,
         admin_user="admin", admin_password="admin-pass", env=env, settings=settings, db_name=db_name,
         log_path=data_dir / "server.log",
     )

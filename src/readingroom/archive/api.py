@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
+from readingroom.api_errors import error_response
 from readingroom.archive import peers
 from readingroom.governance import policy
 from readingroom.governance.api import RuntimeDep, require
@@ -26,6 +27,7 @@ class PeerIn(BaseModel):
     allow_store: bool = True
     allow_query: bool = True
     allow_retrieve: bool = True
+    tls: bool = Field(default=False, description="Call this peer over DICOM TLS (C-MOVE, send)")
 
 
 class PeerOut(PeerIn):
@@ -43,12 +45,13 @@ def list_peers(rt: RuntimeDep, _p: PeersAdmin) -> list[PeerOut]:
         return [_out(p) for p in peers.list_peers(s)]
 
 
-@router.post("/peers", response_model=PeerOut, status_code=201)
-def add_peer(body: PeerIn, rt: RuntimeDep, _p: PeersAdmin) -> PeerOut:
-    """Register a DICOM peer (allowed caller and C-MOVE/send destination)."""
+@router.post("/peers", response_model=PeerOut, status_code=201,
+             responses={409: error_response("A peer with this name exists")})
+def add_peer(body: PeerIn, rt: RuntimeDep, principal: PeersAdmin) -> PeerOut:
+    """Register a DICOM peer (allowed caller and C-MOVE/send destination; ``tls``: call it over DICOM TLS)."""
     with rt.db.session() as s:
         try:
-            p = peers.add_peer(s, **body.model_dump())
+            p = peers.add_peer(s, **body.model_dump(), actor=principal.username)
         except peers.PeerError as exc:
             raise HTTPException(status_code=409 if "exists" in str(exc) else 422, detail=str(exc)) from exc
         out = _out(p)
@@ -57,11 +60,11 @@ def add_peer(body: PeerIn, rt: RuntimeDep, _p: PeersAdmin) -> PeerOut:
 
 
 @router.delete("/peers/{name}", status_code=204)
-def remove_peer(name: str, rt: RuntimeDep, _p: PeersAdmin) -> None:
+def remove_peer(name: str, rt: RuntimeDep, principal: PeersAdmin) -> None:
     """Forget a DICOM peer."""
     with rt.db.session() as s:
         try:
-            peers.remove_peer(s, name)
+            peers.remove_peer(s, name, actor=principal.username)
         except peers.PeerError as exc:
             raise HTTPException(status_code=404, detail=str(exc)) from exc
     rt.invalidate("peers.")

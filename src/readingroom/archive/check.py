@@ -4,6 +4,11 @@ Every indexed instance must have its blob with the recorded size and hash,
 and every blob must be indexed. ``repair`` indexes orphan blobs (what a crash
 between blob commit and index commit leaves behind) and removes staging
 leftovers; it never deletes or rewrites an indexed instance's bytes.
+
+A blob whose index rows a retention purge deleted, and whose deletion that
+purge recorded but had not carried out yet (a crash, a run in progress), is
+not an orphan: it is reported as ``purge_pending``, and ``repair`` deletes it
+rather than re-indexing purged data.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from readingroom.archive.blobs import file_sha256
 from readingroom.archive.ingest import _index_with_retry
 from readingroom.archive.models import Instance
 from readingroom.archive.parsing import InvalidInstance, parse_file
+from readingroom.governance.retention_purge import delete_owed_blobs, owed_keys
 from readingroom.runtime import Runtime
 
 
@@ -32,6 +38,8 @@ class CheckReport:
     orphan_blobs: list[str] = field(default_factory=list)
     reindexed: list[str] = field(default_factory=list)
     unreadable_orphans: list[tuple[str, str]] = field(default_factory=list)
+    purge_pending: list[str] = field(default_factory=list)
+    purge_completed: int = 0
 
     @property
     def clean(self) -> bool:
@@ -76,11 +84,15 @@ def check(
             done += 1
             if progress:
                 progress(done, total)
+    owed = owed_keys(rt)
     for key in rt.blobs.iter_keys():
         report.blobs += 1
-        if key not in indexed_keys:
+        if key in owed:
+            report.purge_pending.append(key)
+        elif key not in indexed_keys:
             report.orphan_blobs.append(key)
     if repair:
+        report.purge_completed = delete_owed_blobs(rt)
         for key in report.orphan_blobs:
             _reindex(rt, key, report)
         rt.blobs.clean_staging(older_than_seconds=0)

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from readingroom.archive import dicomweb_openapi as api_doc
 from readingroom.archive import frames as fr
 from readingroom.archive import media, qido, query, stow, wado
 from readingroom.archive.multipart import MultipartError, MultipartWriter
@@ -102,8 +103,11 @@ def _audit(bg: BackgroundTasks, rt: Runtime, request: Request, principal: Princi
                       detail=detail or {})
 
 
-def _instances(rt: Runtime, study: str, series: str | None = None, sop: str | None = None) -> list[InstanceRef]:
+def _instances(rt: Runtime, principal: Principal, study: str, series: str | None = None,
+               sop: str | None = None) -> list[InstanceRef]:
     with rt.db.read_session() as s:
+        if not policy.can_read_study(s, principal, study):
+            raise _fail(404, "study not found")
         refs = find_instances(s, study, series, sop)
     if not refs:
         what = "instance" if sop else "series" if series else "study"
@@ -125,7 +129,7 @@ def _search(level: str, request: Request, rt: Runtime, principal: Principal, bg:
     try:
         req = qido.parse_query(list(request.query_params.multi_items()))
         with rt.db.read_session() as s:
-            results, more = qido.run(s, level, req, study, series)
+            results, more = qido.run(s, level, req, study, series, scope=policy.visible_studies(principal))
     except query.QueryError as exc:
         raise _fail(400, str(exc)) from exc
     headers = {"Warning": '299 readingroom "There are additional results that can be requested"'} if more else {}
@@ -142,22 +146,22 @@ def _level(request: Request) -> str:
     return _LEVEL_OF[request.url.path.rstrip("/").rsplit("/", 1)[-1]]
 
 
-@router.get("/studies")
-@router.get("/series")
-@router.get("/instances")
+@router.get("/studies", responses=api_doc.SEARCH)
+@router.get("/series", responses=api_doc.SEARCH)
+@router.get("/instances", responses=api_doc.SEARCH)
 def search(request: Request, rt: RuntimeDep, p: Reader, bg: BackgroundTasks) -> Response:
     """QIDO-RS: search for studies, or for series / instances of all studies."""
     return _search(_level(request), request, rt, p, bg)
 
 
-@router.get("/studies/{study}/series")
-@router.get("/studies/{study}/instances")
+@router.get("/studies/{study}/series", responses=api_doc.SEARCH)
+@router.get("/studies/{study}/instances", responses=api_doc.SEARCH)
 def search_study(study: str, request: Request, rt: RuntimeDep, p: Reader, bg: BackgroundTasks) -> Response:
     """QIDO-RS: search for series or instances of one study."""
     return _search(_level(request), request, rt, p, bg, study)
 
 
-@router.get("/studies/{study}/series/{series}/instances")
+@router.get("/studies/{study}/series/{series}/instances", responses=api_doc.SEARCH)
 def search_series_instances(study: str, series: str, request: Request, rt: RuntimeDep, p: Reader,
                             bg: BackgroundTasks) -> Response:
     """QIDO-RS: search for instances of one series."""
@@ -173,7 +177,7 @@ def _retrieve(request: Request, rt: Runtime, principal: Principal, bg: Backgroun
     if unknown:
         raise _fail(400, f"unsupported query parameter(s): {', '.join(unknown)}")
     ranges = _ranges(request, media.DICOM)
-    refs = _instances(rt, study, series, sop)
+    refs = _instances(rt, principal, study, series, sop)
     try:
         plans = wado.plan_instances(refs, ranges)
     except wado.NotAcceptable as exc:
@@ -198,20 +202,20 @@ def _retrieve(request: Request, rt: Runtime, principal: Principal, bg: Backgroun
                              media_type=writer.content_type(media.DICOM))
 
 
-@router.get("/studies/{study}")
+@router.get("/studies/{study}", responses=api_doc.INSTANCES)
 def retrieve_study(study: str, request: Request, rt: RuntimeDep, p: Reader, bg: BackgroundTasks) -> Response:
     """WADO-RS: every instance of a study, as stored, in one multipart/related body."""
     return _retrieve(request, rt, p, bg, study)
 
 
-@router.get("/studies/{study}/series/{series}")
+@router.get("/studies/{study}/series/{series}", responses=api_doc.INSTANCES)
 def retrieve_series(study: str, series: str, request: Request, rt: RuntimeDep, p: Reader,
                     bg: BackgroundTasks) -> Response:
     """WADO-RS: every instance of a series."""
     return _retrieve(request, rt, p, bg, study, series)
 
 
-@router.get(INSTANCE)
+@router.get(INSTANCE, responses=api_doc.INSTANCES)
 def retrieve_instance(study: str, series: str, instance: str, request: Request, rt: RuntimeDep, p: Reader,
                       bg: BackgroundTasks) -> Response:
     """WADO-RS: one instance."""
@@ -223,6 +227,8 @@ def _metadata(request: Request, rt: Runtime, principal: Principal, bg: Backgroun
     if not media.accepts_json(_ranges(request, media.DICOM_JSON)):
         raise _fail(406, "metadata is available as application/dicom+json only")
     with rt.db.read_session() as s:
+        if not policy.can_read_study(s, principal, study):
+            raise _fail(404, "study not found")
         body = wado.metadata_body(s, _base(rt, request), study, series, sop)
     if body is None:
         raise _fail(404, f"{'instance' if sop else 'series' if series else 'study'} not found")
@@ -230,20 +236,20 @@ def _metadata(request: Request, rt: Runtime, principal: Principal, bg: Backgroun
     return _json(body)
 
 
-@router.get("/studies/{study}/metadata")
+@router.get("/studies/{study}/metadata", responses=api_doc.METADATA)
 def study_metadata(study: str, request: Request, rt: RuntimeDep, p: Reader, bg: BackgroundTasks) -> Response:
     """WADO-RS: DICOM JSON metadata of every instance of a study (from the index, no file parsing)."""
     return _metadata(request, rt, p, bg, study)
 
 
-@router.get("/studies/{study}/series/{series}/metadata")
+@router.get("/studies/{study}/series/{series}/metadata", responses=api_doc.METADATA)
 def series_metadata(study: str, series: str, request: Request, rt: RuntimeDep, p: Reader,
                     bg: BackgroundTasks) -> Response:
     """WADO-RS: metadata of every instance of a series."""
     return _metadata(request, rt, p, bg, study, series)
 
 
-@router.get(INSTANCE + "/metadata")
+@router.get(INSTANCE + "/metadata", responses=api_doc.METADATA)
 def instance_metadata(study: str, series: str, instance: str, request: Request, rt: RuntimeDep, p: Reader,
                       bg: BackgroundTasks) -> Response:
     """WADO-RS: metadata of one instance."""
@@ -282,7 +288,7 @@ def _frames_response(rt: Runtime, request: Request, ref: InstanceRef, numbers: l
                     media_type=writer.content_type(choice.media_type, choice.transfer_syntax))
 
 
-@router.get(INSTANCE + "/frames/{frame_list}")
+@router.get(INSTANCE + "/frames/{frame_list}", responses=api_doc.FRAMES)
 def retrieve_frames(study: str, series: str, instance: str, frame_list: str, request: Request, rt: RuntimeDep,
                     p: Reader, bg: BackgroundTasks) -> Response:
     """WADO-RS: frames of an instance, read by offset from the stored file (no dataset parsing)."""
@@ -290,13 +296,13 @@ def retrieve_frames(study: str, series: str, instance: str, frame_list: str, req
         numbers = fr.parse_frame_list(frame_list)
     except ValueError as exc:
         raise _fail(400, str(exc)) from exc
-    ref = _instances(rt, study, series, instance)[0]
+    ref = _instances(rt, p, study, series, instance)[0]
     _audit(bg, rt, request, p, "study.retrieve", study=study, patient_id=ref.patient_id, coalesce=True,
            detail={"frames": True})
     return _frames_response(rt, request, ref, numbers)
 
 
-@router.get(INSTANCE + "/bulk/{tag}")
+@router.get(INSTANCE + "/bulk/{tag}", responses=api_doc.FRAMES)
 def retrieve_bulk(study: str, series: str, instance: str, tag: str, request: Request, rt: RuntimeDep,
                   p: Reader, bg: BackgroundTasks) -> Response:
     """WADO-RS: a bulk data element named by a BulkDataURI of the metadata (7FE00010: pixel data)."""
@@ -306,7 +312,7 @@ def retrieve_bulk(study: str, series: str, instance: str, tag: str, request: Req
         tag_value = -1
     if tag_value < 0:
         raise _fail(404, f"no bulk data {tag!r} (expected an 8-hex-digit tag)")
-    ref = _instances(rt, study, series, instance)[0]
+    ref = _instances(rt, p, study, series, instance)[0]
     _audit(bg, rt, request, p, "study.retrieve", study=study, patient_id=ref.patient_id, coalesce=True,
            detail={"bulk": True})
     if tag_value in (0x7FE00010, 0x7FE00008, 0x7FE00009):
@@ -345,7 +351,7 @@ def _rendered(request: Request, rt: Runtime, principal: Principal, bg: Backgroun
         opts = parse_render_params(params, media_type, THUMBNAIL_VIEWPORT if thumbnail else None)
     except ValueError as exc:
         raise _fail(400, str(exc)) from exc
-    refs = _instances(rt, study, series, sop)
+    refs = _instances(rt, principal, study, series, sop)
     _audit(bg, rt, request, principal, "study.retrieve", study=study, patient_id=refs[0].patient_id,
            coalesce=True, detail={"rendered": True})
     every = not thumbnail and len(refs) > 1 and bool(ranges) and bool(ranges[0].multipart)
@@ -362,31 +368,31 @@ def _rendered(request: Request, rt: Runtime, principal: Principal, bg: Backgroun
     return Response(images[0], media_type=media_type, headers={"Cache-Control": "private, max-age=300"})
 
 
-@router.get("/studies/{study}/rendered")
-@router.get("/studies/{study}/thumbnail")
+@router.get("/studies/{study}/rendered", responses=api_doc.RENDERED)
+@router.get("/studies/{study}/thumbnail", responses=api_doc.RENDERED)
 def rendered_study(study: str, request: Request, rt: RuntimeDep, p: Reader, bg: BackgroundTasks) -> Response:
     """Rendered study (middle instance, or all if multipart/related is asked) / thumbnail (128 px JPEG)."""
     return _rendered(request, rt, p, bg, study)
 
 
-@router.get("/studies/{study}/series/{series}/rendered")
-@router.get("/studies/{study}/series/{series}/thumbnail")
+@router.get("/studies/{study}/series/{series}/rendered", responses=api_doc.RENDERED)
+@router.get("/studies/{study}/series/{series}/thumbnail", responses=api_doc.RENDERED)
 def rendered_series(study: str, series: str, request: Request, rt: RuntimeDep, p: Reader,
                     bg: BackgroundTasks) -> Response:
     """Rendered series (middle instance, or all if multipart/related is asked) / thumbnail."""
     return _rendered(request, rt, p, bg, study, series)
 
 
-@router.get(INSTANCE + "/rendered")
-@router.get(INSTANCE + "/thumbnail")
+@router.get(INSTANCE + "/rendered", responses=api_doc.RENDERED)
+@router.get(INSTANCE + "/thumbnail", responses=api_doc.RENDERED)
 def rendered_instance(study: str, series: str, instance: str, request: Request, rt: RuntimeDep, p: Reader,
                       bg: BackgroundTasks) -> Response:
     """Rendered first frame (``window=center,width[,function]``, ``viewport=w,h``, ``quality``) / thumbnail."""
     return _rendered(request, rt, p, bg, study, series, instance)
 
 
-@router.get(INSTANCE + "/frames/{frame_list}/rendered")
-@router.get(INSTANCE + "/frames/{frame_list}/thumbnail")
+@router.get(INSTANCE + "/frames/{frame_list}/rendered", responses=api_doc.RENDERED)
+@router.get(INSTANCE + "/frames/{frame_list}/thumbnail", responses=api_doc.RENDERED)
 def rendered_frame(study: str, series: str, instance: str, frame_list: str, request: Request, rt: RuntimeDep,
                    p: Reader, bg: BackgroundTasks) -> Response:
     """Rendered frame (the first of the list) / thumbnail of it."""
@@ -438,13 +444,13 @@ async def _stow(request: Request, rt: Runtime, principal: Principal, bg: Backgro
     return response
 
 
-@router.post("/studies")
+@router.post("/studies", responses=api_doc.STORE, openapi_extra=api_doc.STORE_BODY)
 async def store_instances(request: Request, rt: RuntimeDep, p: Storer, bg: BackgroundTasks) -> Response:
     """STOW-RS: store the instances of a multipart/related; type="application/dicom" body."""
     return await _stow(request, rt, p, bg, None)
 
 
-@router.post("/studies/{study}")
+@router.post("/studies/{study}", responses=api_doc.STORE, openapi_extra=api_doc.STORE_BODY)
 async def store_study_instances(study: str, request: Request, rt: RuntimeDep, p: Storer,
                                 bg: BackgroundTasks) -> Response:
     """STOW-RS: store instances of one study (others are refused with 0xA900)."""

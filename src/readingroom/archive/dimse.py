@@ -38,6 +38,7 @@ import shutil
 import threading
 import weakref
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from readingroom.archive import dimse_find, dimse_retrieve
+from readingroom.archive import dimse_find, dimse_retrieve, dimse_tls
 from readingroom.archive.dimse_policy import Caller, decide
 from readingroom.archive.dimse_scu import (
     ACSE_TIMEOUT,
@@ -119,13 +120,19 @@ class DimseServer:
         self.rt = rt
         self.ae: AE | None = None
         self.server: ThreadedAssociationServer | None = None
+        self.tls_server: dimse_tls.TlsServer | None = None
         self._callers: weakref.WeakKeyDictionary[Association, Caller] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Bind the DICOM port and serve associations on background threads."""
+        """Bind the DICOM port (and the DICOM TLS port) and serve associations on background threads.
+
+        Raises ``dimse_tls.TlsConfigError`` before binding anything when the
+        TLS settings are incomplete or the certificate files are unusable.
+        """
+        tls_context = dimse_tls.server_context(self.rt.settings)
         configure_pynetdicom()
         # Stream received datasets to a temp file (tempfile.tempdir is the blob
         # staging dir under `serve`, so committing is a rename, not a copy) and
@@ -157,6 +164,18 @@ class DimseServer:
         self.ae = ae
         self.server = ae.start_server((settings.host, settings.dicom_port), block=False, evt_handlers=handlers)
         log.info("DICOM %s listening on %s:%s", settings.aet, settings.host, settings.dicom_port)
+        if tls_context is not None and settings.dicom_tls_port is not None:
+            # The same handlers, hence the same AE title + address allow-list, on the TLS port.
+            try:
+                self.tls_server = dimse_tls.start_tls_server(
+                    ae, (settings.host, settings.dicom_tls_port), tls_context, handlers,
+                    on_handshake_failure=self._on_tls_failure,
+                )
+            except OSError:
+                ae.shutdown()
+                raise
+            log.info("DICOM TLS %s listening on %s:%s (client certificates %s)", settings.aet, settings.host,
+                     settings.dicom_tls_port, "required" if settings.dicom_tls_ca else "not requested")
 
     def stop(self) -> None:
         """Stop listening and abort associations still open (idempotent)."""
@@ -164,12 +183,18 @@ class DimseServer:
             self.ae.shutdown()
         self.ae = None
         self.server = None
+        self.tls_server = None
 
     @property
     def port(self) -> int:
         """The bound port (useful when configured as 0)."""
         assert self.server is not None
         return int(self.server.server_address[1])
+
+    @property
+    def tls_port(self) -> int | None:
+        """The bound DICOM TLS port, or None without a TLS listener."""
+        return int(self.tls_server.server_address[1]) if self.tls_server is not None else None
 
     # -- association acceptance ------------------------------------------------------------
 
@@ -187,15 +212,17 @@ class DimseServer:
             assoc.acse.send_reject(0x02, 0x01, 0x01)
             assoc.kill()
             return
+        transport = dimse_tls.transport_of(assoc)
         if decision.caller is not None:
             with self._lock:
-                self._callers[assoc] = decision.caller
+                self._callers[assoc] = replace(decision.caller, transport=transport)
             return
-        log.warning("rejecting association from %s@%s: %s", calling.strip(), address, decision.reason)
+        where = f"{calling.strip()}@{address}" + (f" [{transport}]" if transport else "")
+        log.warning("rejecting association from %s: %s", where, decision.reason)
         assoc.acse.send_reject(0x01, 0x01, decision.diagnostic)
         try:
             audit.record_now(
-                self.rt.db, actor=calling.strip() or "(none)", source=f"{calling.strip()}@{address}",
+                self.rt.db, actor=calling.strip() or "(none)", source=where,
                 action="association.reject", resource_type="association", resource_id=called.strip(),
                 outcome="failure", reason=decision.reason,
             )
@@ -212,7 +239,17 @@ class DimseServer:
             return known
         ae_title, address = str(assoc.requestor.ae_title or "").strip(), str(assoc.requestor.address)
         decision = decide(self.rt, ae_title, self.rt.settings.aet, address)
-        return decision.caller or Caller(ae_title, address, None, trusted=False)
+        transport = dimse_tls.transport_of(assoc)
+        if decision.caller is not None:
+            return replace(decision.caller, transport=transport)
+        return Caller(ae_title, address, None, trusted=False, transport=transport)
+
+    def _on_tls_failure(self, address: str, reason: str) -> None:
+        """A caller failed the TLS handshake (plain DICOM on the TLS port, untrusted certificate)."""
+        audit.record_now(
+            self.rt.db, actor="(none)", source=address, action="association.reject", resource_type="association",
+            resource_id=self.rt.settings.aet, outcome="failure", reason=f"TLS handshake failed: {reason}",
+        )
 
     # -- services --------------------------------------------------------------------------
 

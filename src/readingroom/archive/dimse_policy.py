@@ -33,6 +33,8 @@ CALLING_AE_NOT_RECOGNISED = 0x03
 CALLED_AE_NOT_RECOGNISED = 0x07
 
 HOST_CACHE_SECONDS = 60.0
+#: Length of the ``source`` columns of audit records and instances.
+SOURCE_MAX = 128
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -46,11 +48,20 @@ class Caller:
     peer: PeerInfo | None = None
     #: False for a caller the policy no longer accepts: it may do nothing.
     trusted: bool = True
+    #: How the caller reached us: "" (plain TCP), "TLS", or "TLS <certificate subject>".
+    transport: str = ""
 
     @property
     def source(self) -> str:
-        """``AE@address``, the form audit records and ingest use for provenance."""
-        return f"{self.ae_title}@{self.address}"
+        """``AE@address`` (plus ``[TLS …]``), the form audit records and ingest use for provenance.
+
+        The TLS part carries the verified client certificate's subject, so the
+        audit trail says which certificate stood behind an AE title; it is cut
+        to fit the 128-character source columns.
+        """
+        plain = f"{self.ae_title}@{self.address}"
+        room = SOURCE_MAX - len(plain) - 3
+        return f"{plain} [{self.transport[:room]}]" if self.transport and room > 0 else plain
 
     @property
     def site_id(self) -> int | None:

@@ -21,9 +21,11 @@ from pydicom.dataset import Dataset
 from pynetdicom import build_context, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from readingroom.archive import dimse_tls
 from readingroom.archive.dimse_find import matching_string, status
 from readingroom.archive.dimse_policy import Caller, destination
 from readingroom.archive.dimse_scu import SendReport, SubOperationSender, contexts_for
+from readingroom.archive.peers import PeerInfo
 from readingroom.archive.query import search
 from readingroom.archive.retrieve import InstanceRef, find_instances
 from readingroom.governance import audit
@@ -127,6 +129,20 @@ def _sub_operations(event: Any, refs: list[InstanceRef]) -> Iterator[Yield]:
         yield STATUS_PENDING, SubOperationSender.stub(ref)
 
 
+def _audit_unreachable(rt: Runtime, caller: Caller, peer: PeerInfo, options: dict[str, Any]) -> None:
+    context = options.get("tls_args", (None,))[0]
+    failure = context.failure if isinstance(context, dimse_tls.ClientContext) else ""
+    reason = f"could not associate with move destination {peer.address}"
+    if failure:
+        reason = f"{reason}: TLS handshake failed: {failure}"
+    log.warning("C-MOVE from %s: %s", caller.source, reason)
+    try:
+        audit.record_now(rt.db, actor=caller.ae_title, source=caller.source, action="study.retrieve",
+                         outcome="failure", resource_type="study", reason=reason)
+    except Exception:  # runs while the generator closes: never let it raise there
+        log.exception("could not audit an unreachable move destination")
+
+
 def handle_move(rt: Runtime, event: Any, caller: Caller) -> Iterator[Yield]:
     """EVT_C_MOVE generator: destination, sub-operation count, then one pending yield per instance."""
     dest_ae = str(event.move_destination or "").strip()
@@ -136,26 +152,44 @@ def handle_move(rt: Runtime, event: Any, caller: Caller) -> Iterator[Yield]:
                          outcome="failure", resource_type="study", reason=f"unknown move destination {dest_ae!r}")
         yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
         return
+    options: dict[str, Any] = {}
+    if peer.tls:
+        try:
+            options["tls_args"] = dimse_tls.tls_args(rt.settings, peer.host)
+        except dimse_tls.TlsConfigError as exc:
+            log.error("C-MOVE to %s: %s", peer.address, exc)
+            audit.record_now(rt.db, actor=caller.ae_title, source=caller.source, action="study.retrieve",
+                             outcome="failure", resource_type="study", reason=f"move destination {dest_ae}: {exc}")
+            yield None, None
+            return
     model = str(event.request.AffectedSOPClassUID)
     refusal, refs = _refusal(rt, caller, model, event.identifier)
     sender = SubOperationSender(rt, refs, originator_aet=caller.ae_title)
     contexts = contexts_for((r.sop_class_uid, r.transfer_syntax_uid) for r in refs) or [build_context(Verification)]
     # pynetdicom opens the association with these arguments; our EVT_CONN_OPEN hook
     # turns off Nagle and routes its C-STOREs to send_instance.
-    yield peer.host, peer.port, {"ae_title": peer.ae_title, "contexts": contexts,
-                                 "evt_handlers": [(evt.EVT_CONN_OPEN, sender.on_conn_open)]}
+    options.update({"ae_title": peer.ae_title, "contexts": contexts,
+                    "evt_handlers": [(evt.EVT_CONN_OPEN, sender.on_conn_open)]})
+    yield peer.host, peer.port, options
+    count = 1 if refusal is not None else len(refs)  # a refusal is sent as 1 failed sub-operation
+    try:
+        yield count
+    except GeneratorExit:
+        # pynetdicom associates with the destination after this yield and drops the generator
+        # here when that fails (answering 0xA801 itself): record why, a TLS failure above all.
+        if count:
+            _audit_unreachable(rt, caller, peer, options)
+        raise
     if refusal is not None:
-        # A count of 1 and a failure: the only way pynetdicom sends a failure with a reason here.
-        yield 1
+        # The only way pynetdicom sends a failure with a reason here.
         yield refusal, None
         return
-    yield len(refs)
     if not refs:
         return
     try:
         yield from _sub_operations(event, refs)
     finally:
-        _audit_retrieve(rt, caller, "C-MOVE", refs, sender, f"{peer.ae_title}@{peer.host}:{peer.port}")
+        _audit_retrieve(rt, caller, "C-MOVE", refs, sender, peer.address)
 
 
 def handle_get(rt: Runtime, event: Any, caller: Caller) -> Iterator[Yield]:

@@ -34,7 +34,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import code_to_category
 
-from readingroom.archive import dimse_tuning
+from readingroom.archive import dimse_tls, dimse_tuning
 from readingroom.archive.blobs import copy_to_staging
 from readingroom.archive.peers import PeerInfo
 from readingroom.archive.retrieve import InstanceRef, find_instances
@@ -259,15 +259,32 @@ def _scu_ae(rt: Runtime) -> AE:
 
 
 def associate(rt: Runtime, peer: PeerInfo, contexts: list[PresentationContext]) -> Association:
-    """Open an association from our AE title to a peer (check ``is_established``)."""
+    """Open an association from our AE title to a peer (check ``is_established``).
+
+    A peer marked ``tls`` is called over DICOM TLS (``dimse_tls``); raises
+    ``dimse_tls.TlsConfigError`` when our TLS settings cannot be used.
+    """
     configure_pynetdicom()
+    kwargs: dict[str, Any] = {}
+    if peer.tls:
+        kwargs["tls_args"] = dimse_tls.tls_args(rt.settings, peer.host)
     return _scu_ae(rt).associate(
         peer.host, peer.port, contexts=contexts, ae_title=peer.ae_title,
-        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
+        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)], **kwargs,
     )
 
 
+def tls_failure(assoc: Association) -> str:
+    """Why the TLS handshake of an outgoing association failed ("" if it did not, or was not TLS)."""
+    args = getattr(getattr(assoc.dul, "socket", None), "tls_args", None)
+    context = args[0] if args else None
+    return context.failure if isinstance(context, dimse_tls.ClientContext) else ""
+
+
 def _why(assoc: Association) -> str:
+    failure = tls_failure(assoc)  # pynetdicom reports a failed handshake as an abort
+    if failure:
+        return f"TLS handshake failed: {failure}"
     if assoc.is_rejected:
         return "association rejected by the peer"
     if assoc.is_aborted:
@@ -286,9 +303,15 @@ def send_instances(
     total, done = len(refs), 0
     if progress:
         progress(0, total)
+    where = peer.address
     for batch in _batches(refs):
-        assoc = associate(rt, peer, contexts_for((r.sop_class_uid, r.transfer_syntax_uid) for r in batch))
-        where = f"{peer.ae_title}@{peer.host}:{peer.port}"
+        try:
+            assoc = associate(rt, peer, contexts_for((r.sop_class_uid, r.transfer_syntax_uid) for r in batch))
+        except dimse_tls.TlsConfigError as exc:
+            report.fail_all(refs[done:], f"{where}: {exc}")
+            if progress:
+                progress(total, total)
+            break
         if not assoc.is_established:
             report.fail_all(batch, f"{where}: {_why(assoc)}")
             done += len(batch)
@@ -331,7 +354,7 @@ def send_study(
         rt.db, actor=actor, source=rt.settings.aet, action="study.send", resource_type="study",
         resource_id=study_uid, patient_id=refs[0].patient_id,
         outcome="success" if not report.failed else ("failure" if not report.sent else "warning"),
-        detail={"destination": f"{peer.ae_title}@{peer.host}:{peer.port}", "sent": report.sent,
+        detail={"destination": peer.address, "sent": report.sent,
                 "failed": report.failed, "warnings": report.warnings},
     )
     return report

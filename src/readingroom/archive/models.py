@@ -167,6 +167,8 @@ class DicomPeer(Base):
     allow_retrieve: Mapped[bool] = mapped_column(Boolean, default=True)
     description: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: Reach this peer over DICOM TLS (C-MOVE sub-operations, send, echo); see archive/dimse_tls.py.
+    tls: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class DomainEvent(Base):

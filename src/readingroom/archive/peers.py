@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from readingroom.archive.models import DicomPeer
 from readingroom.clock import utcnow
+from readingroom.governance import audit
 from readingroom.runtime import Runtime
 
 
@@ -29,11 +30,18 @@ class PeerInfo:
     allow_store: bool
     allow_query: bool
     allow_retrieve: bool
+    #: Call this peer over DICOM TLS.
+    tls: bool = False
+
+    @property
+    def address(self) -> str:
+        """``AE@host:port`` (with ``tls``), as reports and audit records name a destination."""
+        return f"{self.ae_title}@{self.host}:{self.port}" + (" tls" if self.tls else "")
 
     @classmethod
     def of(cls, p: DicomPeer) -> PeerInfo:
         return cls(p.id, p.name, p.ae_title, p.host, p.port, p.site_id, p.allow_store, p.allow_query,
-                   p.allow_retrieve)
+                   p.allow_retrieve, bool(p.tls))
 
 
 def _check_ae(ae_title: str) -> str:
@@ -55,8 +63,10 @@ def add_peer(
     allow_store: bool = True,
     allow_query: bool = True,
     allow_retrieve: bool = True,
+    tls: bool = False,
+    actor: str = "system",
 ) -> DicomPeer:
-    """Register a peer; names are unique, AE titles are validated."""
+    """Register a peer (audited as ``peer.add``); names are unique, AE titles are validated."""
     if session.scalars(select(DicomPeer).where(DicomPeer.name == name)).first():
         raise PeerError(f"peer {name!r} already exists")
     if not 0 < port < 65536:
@@ -64,10 +74,13 @@ def add_peer(
     peer = DicomPeer(
         name=name, ae_title=_check_ae(ae_title), host=host, port=port, site_id=site_id,
         description=description, allow_store=allow_store, allow_query=allow_query,
-        allow_retrieve=allow_retrieve, created_at=utcnow(),
+        allow_retrieve=allow_retrieve, tls=tls, created_at=utcnow(),
     )
     session.add(peer)
     session.flush()
+    audit.record(session, actor=actor, action="peer.add", resource_type="peer", resource_id=name,
+                 detail={"ae_title": peer.ae_title, "host": host, "port": port, "site_id": site_id, "tls": tls,
+                         "allow_store": allow_store, "allow_query": allow_query, "allow_retrieve": allow_retrieve})
     return peer
 
 
@@ -75,11 +88,14 @@ def list_peers(session: Session) -> list[DicomPeer]:
     return list(session.scalars(select(DicomPeer).order_by(DicomPeer.name)))
 
 
-def remove_peer(session: Session, name: str) -> None:
+def remove_peer(session: Session, name: str, *, actor: str = "system") -> None:
+    """Forget a peer (audited as ``peer.remove``)."""
     peer = session.scalars(select(DicomPeer).where(DicomPeer.name == name)).first()
     if peer is None:
         raise PeerError(f"no peer named {name!r}")
     session.delete(peer)
+    audit.record(session, actor=actor, action="peer.remove", resource_type="peer", resource_id=name,
+                 detail={"ae_title": peer.ae_title, "host": peer.host, "port": peer.port})
 
 
 def get_peer(session: Session, name_or_ae: str) -> DicomPeer | None:

@@ -104,11 +104,11 @@ def needs_all(req: QidoRequest, level: str) -> bool:
 
 
 def run(session: Any, level: str, req: QidoRequest, study_uid: str | None = None,
-        series_uid: str | None = None) -> tuple[list[dict[str, Any]], bool]:
+        series_uid: str | None = None, scope: Any = None) -> tuple[list[dict[str, Any]], bool]:
     """Run a parsed search: (results shaped for the answer, whether the server cut the list short)."""
     results = search(session, level, req.filters, study_uid=study_uid, series_uid=series_uid, fuzzy=req.fuzzy,
                      limit=req.effective_limit + (1 if req.capped else 0), offset=req.offset,
-                     include_all=needs_all(req, level))
+                     include_all=needs_all(req, level), scope=scope)
     more = req.capped and len(results) > MAX_RESULTS
     return shape(results[:MAX_RESULTS] if more else results, req, level), more
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from sqlalchemy import Select, func, select
+from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import Session
 
 from readingroom.archive import attributes as A
@@ -191,8 +191,14 @@ def search(
     limit: int | None = None,
     offset: int = 0,
     include_all: bool = False,
+    scope: ColumnElement[bool] | None = None,
 ) -> list[dict[str, Any]]:
-    """Matching entities at ``level`` as DICOM JSON, ordered stably for paging."""
+    """Matching entities at ``level`` as DICOM JSON, ordered stably for paging.
+
+    ``scope`` is the caller's visibility (``policy.visible_studies``), a
+    condition on ``Study`` applied at every level, so a search can never
+    reveal a study, series or patient count the caller may not read.
+    """
     level = level.upper()
     if level not in LEVELS:
         raise QueryError(f"unknown query level {level!r}")
@@ -201,9 +207,11 @@ def search(
     filters = {k.upper(): v for k, v in filters.items()}
     used: set[str] = set()
     if level == "PATIENT":
-        return _search_patients(session, filters, fuzzy, limit, offset, used)
+        return _search_patients(session, filters, fuzzy, limit, offset, used, scope)
     if level == "STUDY":
         q = select(Study, Patient).join(Patient, Patient.id == Study.patient_pk)
+        if scope is not None:
+            q = q.where(scope)
         q = _apply(q, PATIENT_COLUMNS, filters, fuzzy, used)
         q = _apply(q, STUDY_COLUMNS, filters, fuzzy, used)
         if study_uid:
@@ -216,6 +224,8 @@ def search(
     if level == "SERIES":
         q = (select(Series, Study, Patient).join(Study, Study.id == Series.study_pk)
              .join(Patient, Patient.id == Study.patient_pk))
+        if scope is not None:
+            q = q.where(scope)
         if study_uid:
             q = q.where(Study.study_uid == study_uid)
         q = _apply(q, PATIENT_COLUMNS, filters, fuzzy, used)
@@ -231,6 +241,8 @@ def search(
         return _run(session, q, filters, used, fuzzy, limit, offset, build)
     q = (select(Instance, Series, Study, Patient).join(Series, Series.id == Instance.series_pk)
          .join(Study, Study.id == Instance.study_pk).join(Patient, Patient.id == Study.patient_pk))
+    if scope is not None:
+        q = q.where(scope)
     if study_uid:
         q = q.where(Study.study_uid == study_uid)
     if series_uid:
@@ -271,15 +283,16 @@ def _run(session: Session, q: Select[Any], filters: dict[str, str], used: set[st
 
 
 def _search_patients(session: Session, filters: dict[str, str], fuzzy: bool, limit: int | None, offset: int,
-                     used: set[str]) -> list[dict[str, Any]]:
-    counts = (
-        select(
-            Study.patient_pk.label("pk"),
-            func.count(Study.id).label("n_studies"),
-            func.coalesce(func.sum(Study.num_series), 0).label("n_series"),
-            func.coalesce(func.sum(Study.num_instances), 0).label("n_instances"),
-        ).group_by(Study.patient_pk).subquery()
-    )
+                     used: set[str], scope: ColumnElement[bool] | None = None) -> list[dict[str, Any]]:
+    counts_q = select(
+        Study.patient_pk.label("pk"),
+        func.count(Study.id).label("n_studies"),
+        func.coalesce(func.sum(Study.num_series), 0).label("n_series"),
+        func.coalesce(func.sum(Study.num_instances), 0).label("n_instances"),
+    ).group_by(Study.patient_pk)
+    if scope is not None:  # only patients with a visible study, counting only visible studies
+        counts_q = counts_q.where(scope)
+    counts = counts_q.subquery()
     q = select(Patient, counts.c.n_studies, counts.c.n_series, counts.c.n_instances).join(
         counts, counts.c.pk == Patient.id)
     q = _apply(q, PATIENT_COLUMNS, filters, fuzzy, used).order_by(Patient.id)

@@ -41,7 +41,10 @@ DEMO_USERS: tuple[tuple[str, str, str, str, str], ...] = (
     ("rad.osei", "demo", "radiologist", "Dr. Kwame Osei", "LKS"),
     ("tech.walsh", "demo", "technologist", "Patrick Walsh", "STB"),
     ("ref.hartmann", "demo", "referring_clinician", "Dr. Lena Hartmann", "MVG"),
+    ("auditor", "demo", "auditor", "Compliance Office", "HUB"),
 )
+#: How the demo's physicians appear in DICOM (ReferringPhysicianName): links them to the studies they ordered.
+DEMO_PHYSICIAN_NAMES = {"ref.hartmann": "Hartmann^Lena", "rad.osei": "Osei^Kwame"}
 
 #: username: (time zone, subspecialties, licence jurisdictions, credentialed sites; first = home)
 DEMO_READERS: dict[str, tuple[str, list[str], list[str], list[str]]] = {
@@ -85,8 +88,9 @@ def seed_demo(settings: Settings, *, n_studies: int = 20, console: Console | Non
         sites = {site.code: site.id for site in s.scalars(select(Site))}
         for username, password, role, full_name, site in DEMO_USERS:
             if get_user(s, username) is None:
-                create_user(s, username, password=password, role=role, full_name=full_name,
-                            site_id=sites.get(site))
+                user = create_user(s, username, password=password, role=role, full_name=full_name,
+                                   site_id=sites.get(site))
+                user.physician_name = DEMO_PHYSICIAN_NAMES.get(username, "")
         for username, (tz, subs, licences, creds) in DEMO_READERS.items():
             if get_reader(s, username) is None:
                 set_reader(s, username, home_site=creds[0], timezone=tz, subspecialties=subs,

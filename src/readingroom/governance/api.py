@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
-from readingroom.governance import policy
-from readingroom.governance.auth import AuthError, Principal, authenticate_header, cached_principal
-from readingroom.governance.users import UserError, create_token, create_user, get_user
+from readingroom.governance import cookies, policy
+from readingroom.governance.auth import AuthError, Principal, ThrottledError, authenticate_header, cached_principal
 from readingroom.runtime import Runtime
 
 
@@ -30,22 +28,43 @@ async def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-async def current_principal(request: Request, rt: RuntimeDep) -> Principal:
-    """Authenticate the request or answer 401 with the reason (database and Argon2 off the event loop)."""
+async def _authenticate(request: Request, rt: Runtime, *, allow_pending: bool) -> Principal:
+    """The Authorization header first (Bearer, Basic), else the session cookie (CSRF-checked)."""
     header = request.headers.get("authorization")
-    try:
-        principal = cached_principal(header) or await run_in_threadpool(authenticate_header, rt, header)
-    except AuthError as exc:
-        raise HTTPException(
-            status_code=status.HTTP_401_UNAUTHORIZED,
-            detail=str(exc),
-            headers={"WWW-Authenticate": 'Bearer realm="readingroom", Basic realm="readingroom"'},
-        ) from exc
+    if not header and cookies.SESSION_COOKIE in request.cookies:
+        principal = (await cookies.session_for_request(request, rt, allow_pending=allow_pending)).principal
+    else:
+        try:
+            principal = cached_principal(header) or await run_in_threadpool(
+                authenticate_header, rt, header, cookies.client_address(request))
+        except ThrottledError as exc:
+            raise HTTPException(status_code=status.HTTP_429_TOO_MANY_REQUESTS, detail=str(exc),
+                                headers={"Retry-After": str(exc.retry_after)}) from exc
+        except AuthError as exc:
+            raise HTTPException(
+                status_code=status.HTTP_401_UNAUTHORIZED,
+                detail=str(exc),
+                headers={"WWW-Authenticate": 'Bearer realm="readingroom", Basic realm="readingroom"'},
+            ) from exc
     request.state.principal = principal
     return principal
 
 
+async def current_principal(request: Request, rt: RuntimeDep) -> Principal:
+    """Authenticate the request or answer 401 with the reason (database and Argon2 off the event loop).
+
+    A browser session that still owes its second factor is refused (403).
+    """
+    return await _authenticate(request, rt, allow_pending=False)
+
+
+async def pending_principal(request: Request, rt: RuntimeDep) -> Principal:
+    """Like ``current_principal``, but also a session that still owes its second factor (TOTP, sign-out)."""
+    return await _authenticate(request, rt, allow_pending=True)
+
+
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
+PendingPrincipalDep = Annotated[Principal, Depends(pending_principal)]
 
 
 def require(action: str) -> Callable[[Principal], Awaitable[Principal]]:
@@ -66,67 +85,30 @@ class MeOut(BaseModel):
     username: str
     role: str
     site_id: int | None
+    site_ids: list[int] = []
+    site_roles: dict[int, str] = {}
+    physician_name: str = ""
     actions: list[str]
+    scopes: list[str] | None = None
 
 
 @router.get("/me", response_model=MeOut)
 def me(principal: PrincipalDep) -> MeOut:
-    """Who the caller is and what the policy lets them do."""
+    """Who the caller is and what the policy lets them do (anywhere; per-site roles listed apart)."""
+    roles = {principal.role, *(role for _, role in principal.site_roles)}
+    actions = sorted(a for r in roles for a in policy.actions_for_role(r)
+                     if principal.scopes is None or a in principal.scopes)
     return MeOut(
         username=principal.username,
         role=principal.role,
         site_id=principal.site_id,
-        actions=sorted(policy.actions_for_role(principal.role)),
+        site_ids=sorted(principal.site_ids),
+        site_roles=dict(principal.site_roles),
+        physician_name=principal.physician_name,
+        actions=sorted(set(actions)),
+        scopes=sorted(principal.scopes) if principal.scopes is not None else None,
     )
 
 
-class UserIn(BaseModel):
-    username: str
-    password: str | None = None
-    role: str = "radiologist"
-    full_name: str = ""
-    email: str = ""
-    site_id: int | None = None
-
-
-class UserOut(BaseModel):
-    id: int
-    username: str
-    role: str
-    full_name: str
-    site_id: int | None
-
-
-@router.post("/users", response_model=UserOut, status_code=201)
-def add_user(
-    body: UserIn, rt: RuntimeDep, _p: Annotated[Principal, Depends(require(policy.USERS_ADMIN))]
-) -> UserOut:
-    """Create a local account (admins only)."""
-    with rt.db.session() as s:
-        try:
-            u = create_user(s, body.username, password=body.password, role=body.role,
-                            full_name=body.full_name, email=body.email, site_id=body.site_id)
-        except UserError as exc:
-            raise HTTPException(status_code=409 if "exists" in str(exc) else 422, detail=str(exc)) from exc
-        return UserOut(id=u.id, username=u.username, role=u.role, full_name=u.full_name, site_id=u.site_id)
-
-
-class TokenIn(BaseModel):
-    name: str = ""
-    expires_in_days: float | None = 30
-
-
-class TokenOut(BaseModel):
-    token: str
-    expires_at: str | None
-
-
-@router.post("/tokens", response_model=TokenOut, status_code=201)
-def add_token(body: TokenIn, rt: RuntimeDep, principal: PrincipalDep) -> TokenOut:
-    """Issue a bearer token for the caller (shown once)."""
-    with rt.db.session() as s:
-        user = get_user(s, principal.username)
-        assert user is not None
-        expires = timedelta(days=body.expires_in_days) if body.expires_in_days else None
-        token, secret = create_token(s, user, name=body.name, expires_in=expires)
-        return TokenOut(token=secret, expires_at=token.expires_at.isoformat() if token.expires_at else None)
+# User administration lives in governance/users_api.py.
+# Token routes (create, list, revoke) live in governance/tokens_api.py.

@@ -46,20 +46,12 @@ def record(
     source: str = "",
     detail: dict[str, Any] | None = None,
     reason: str = "",
+    flagged: bool = False,
 ) -> AuditRecord:
-    """Append one audit record to the current transaction."""
-    row = AuditRecord(
-        at=utcnow(),
-        actor=actor[:128],
-        source=source[:128],
-        action=action,
-        resource_type=resource_type,
-        resource_id=resource_id[:128],
-        patient_id=patient_id[:64],
-        outcome=outcome,
-        detail=detail or {},
-        reason=reason,
-    )
+    """Append one audit record to the current transaction (``flagged``: it needs an auditor's look)."""
+    row = AuditRecord(**_row(actor=actor, action=action, resource_type=resource_type, resource_id=resource_id,
+                             patient_id=patient_id, outcome=outcome, source=source, detail=detail, reason=reason,
+                             flagged=flagged))
     session.add(row)
     return row
 
@@ -70,13 +62,21 @@ def record_now(db: Any, **fields: Any) -> None:
         record(session, **fields)
 
 
+def _text(value: str, limit: int | None = None) -> str:
+    """Text a column can hold: NUL (which PostgreSQL refuses, e.g. in a username an attacker typed) shows as U+FFFD,
+    so the record of a hostile request is written instead of failing with it."""
+    value = value.replace("\x00", "\ufffd")
+    return value[:limit] if limit else value
+
+
 def _row(**fields: Any) -> dict[str, Any]:
     return {
-        "at": utcnow(), "actor": fields["actor"][:128], "source": fields.get("source", "")[:128],
-        "action": fields["action"], "resource_type": fields.get("resource_type", ""),
-        "resource_id": fields.get("resource_id", "")[:128], "patient_id": fields.get("patient_id", "")[:64],
-        "outcome": fields.get("outcome", "success"), "detail": fields.get("detail") or {},
-        "reason": fields.get("reason", ""),
+        "at": utcnow(), "actor": _text(fields["actor"], 128), "source": _text(fields.get("source", ""), 128),
+        "action": _text(fields["action"]), "resource_type": _text(fields.get("resource_type", "")),
+        "resource_id": _text(fields.get("resource_id", ""), 128),
+        "patient_id": _text(fields.get("patient_id", ""), 64),
+        "outcome": _text(fields.get("outcome", "success")), "detail": fields.get("detail") or {},
+        "reason": _text(fields.get("reason", "")), "flagged": bool(fields.get("flagged", False)),
     }
 
 

@@ -12,14 +12,16 @@ import binascii
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from readingroom.governance import audit, login
 from readingroom.governance.models import SiteMembership, User
-from readingroom.governance.users import user_for_password, user_for_token
+from readingroom.governance.users import token_and_user
 from readingroom.runtime import Runtime
 
 BASIC_CACHE_SECONDS = 60.0
@@ -78,6 +80,14 @@ class AuthError(Exception):
     """Authentication failed; the message is safe to show to the caller."""
 
 
+class ThrottledError(AuthError):
+    """Too many failed attempts from the caller's address; retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 _cache: dict[str, tuple[float, Principal]] = {}
 _cache_lock = threading.Lock()
 
@@ -98,10 +108,21 @@ def _remember(key: str, principal: Principal, ttl: float) -> None:
         _cache[key] = (time.monotonic() + ttl, principal)
 
 
+_forget_hooks: list[Callable[[], None]] = []
+
+
+def on_forget(hook: Callable[[], None]) -> None:
+    """Also run ``hook`` whenever credentials are forgotten (the browser-session cache registers here)."""
+    _forget_hooks.append(hook)
+
+
 def forget_cached_credentials() -> None:
-    """Drop remembered credentials (after a revocation or password change)."""
+    """Drop remembered credentials, browser sessions included (after a revocation, password or role change,
+    deactivation)."""
     with _cache_lock:
         _cache.clear()
+    for hook in _forget_hooks:
+        hook()
 
 
 def cached_principal(authorization: str | None) -> Principal | None:
@@ -111,8 +132,12 @@ def cached_principal(authorization: str | None) -> Principal | None:
     return _cached(hashlib.sha256(authorization.encode()).hexdigest())
 
 
-def authenticate_header(rt: Runtime, authorization: str | None) -> Principal:
-    """Resolve an ``Authorization`` header or raise AuthError with the reason."""
+def authenticate_header(rt: Runtime, authorization: str | None, source: str = "") -> Principal:
+    """Resolve an ``Authorization`` header or raise AuthError with the reason.
+
+    ``source`` (the client address) keys the rate limit on failed Basic
+    attempts; Basic failures also count towards the account's lockout.
+    """
     if not authorization:
         raise AuthError("authentication required (Bearer token or HTTP Basic)")
     scheme, _, value = authorization.strip().partition(" ")
@@ -125,10 +150,11 @@ def authenticate_header(rt: Runtime, authorization: str | None) -> Principal:
         if hit:
             return hit
         with rt.db.read_session() as s:
-            user = user_for_token(s, value)
-            if user is None:
+            found = token_and_user(s, value)
+            if found is None:
                 raise AuthError("invalid, expired or revoked token")
-            principal = principal_for(s, user, via="bearer")
+            token, user = found
+            principal = principal_for(s, user, via="bearer", scopes=list(token.scopes or []))
         _remember(key, principal, TOKEN_CACHE_SECONDS)
         return principal
     if scheme.lower() == "basic":
@@ -139,11 +165,33 @@ def authenticate_header(rt: Runtime, authorization: str | None) -> Principal:
             username, _, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
         except (binascii.Error, UnicodeDecodeError) as exc:
             raise AuthError("malformed Basic credentials") from exc
-        with rt.db.read_session() as s:
-            user = user_for_password(s, username, password)
-            if user is None:
-                raise AuthError("invalid username or password")
-            principal = principal_for(s, user, via="basic")
+        principal = _basic(rt, username, password, source)
         _remember(key, principal, BASIC_CACHE_SECONDS)
         return principal
     raise AuthError(f"unsupported authorization scheme {scheme!r}")
+
+
+def _basic(rt: Runtime, username: str, password: str, source: str) -> Principal:
+    """Verify Basic credentials with the login protections; accounts with a second factor cannot use Basic
+    (it would bypass the factor): they use bearer tokens."""
+    try:
+        login.throttle(rt, source or "unknown", count=False)
+        verified = login.check_password(rt, username, password, source=source, method="basic")
+    except login.LoginRefused as exc:
+        if exc.status == 429:
+            raise ThrottledError(str(exc), exc.retry_after or 60) from exc
+        login.limiter_for(rt).hit(source or "unknown", max(1, rt.settings.login_rate_per_minute))
+        raise AuthError(str(exc)) from exc
+    user = verified.user
+    with rt.db.read_session() as s:
+        if user.totp_enabled or login.mfa_required(s, user, rt.settings):
+            audit.record_soon(rt.db, actor=user.username, source=source, action="auth.login", resource_type="user",
+                              resource_id=user.username, outcome="failure", detail={"method": "basic"},
+                              reason="account needs a second factor")
+            raise AuthError("this account signs in with a second factor, which HTTP Basic cannot carry; "
+                            "use a bearer token (POST /api/v1/tokens after signing in)")
+        principal = principal_for(s, user, via="basic")
+    if verified.had_failures:
+        with rt.db.session() as s:
+            login.note_success(s, user.id)
+    return principal

@@ -52,6 +52,8 @@ class User(Base):
     #: Base32 TOTP secret (RFC 6238); enabled once the user confirmed a first code.
     totp_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
     totp_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Time step (RFC 6238 counter) of the last accepted code: a code is accepted once, never replayed.
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     #: External identity (OIDC issuer + subject) this account is linked to.
     oidc_issuer: Mapped[str] = mapped_column(String(255), default="")
     oidc_subject: Mapped[str] = mapped_column(String(255), default="", index=True)
@@ -148,7 +150,8 @@ class AuditRecord(Base):
     action: Mapped[str] = mapped_column(String(64), index=True)
     resource_type: Mapped[str] = mapped_column(String(32), default="")
     resource_id: Mapped[str] = mapped_column(String(128), default="")
-    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    #: Indexed: "who looked at this patient's images" is the question an audit search asks most.
+    patient_id: Mapped[str] = mapped_column(String(64), default="", index=True)
     outcome: Mapped[str] = mapped_column(String(16), default="success")
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     reason: Mapped[str] = mapped_column(Text, default="")
@@ -230,3 +233,24 @@ class LegalHold(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     released_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     released_by: Mapped[str] = mapped_column(String(128), default="")
+
+
+class BlobDeletion(Base):
+    """Bytes whose index rows are gone (a retention purge) and that are still to be removed from storage.
+
+    Written in the transaction that deletes the index rows, removed once the
+    blob is gone: a crash in between leaves a row here instead of an
+    anonymous orphan, so ``check`` knows the blob is owed a deletion (and
+    ``check --repair`` finishes it) rather than re-indexing purged data.
+    ``requested_at`` is wall-clock time on purpose: it is compared with the
+    file's modification time to spare a blob that was written again since.
+    """
+
+    __tablename__ = "blob_deletions"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    blob_key: Mapped[str] = mapped_column(String(255), index=True)
+    #: The instance the blob held: its SOP Instance UID finds a re-received copy by the unique index.
+    sop_uid: Mapped[str] = mapped_column(String(64))
+    study_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -122,8 +122,11 @@ def revoke_token(session: Session, token_id: int) -> None:
     token.revoked_at = utcnow()
 
 
-def user_for_token(session: Session, secret: str, now: datetime | None = None) -> User | None:
-    """The active user a bearer token belongs to, or None if unknown/expired/revoked."""
+def token_and_user(session: Session, secret: str, now: datetime | None = None) -> tuple[ApiToken, User] | None:
+    """The live token row of a bearer secret and its active user, or None if unknown/expired/revoked.
+
+    The row carries the token's ``scopes`` (empty: everything the user's role allows).
+    """
     row = session.execute(
         select(ApiToken, User)
         .join(User, User.id == ApiToken.user_id)
@@ -135,7 +138,13 @@ def user_for_token(session: Session, secret: str, now: datetime | None = None) -
     now = now or utcnow()
     if token.revoked_at is not None or (token.expires_at is not None and token.expires_at <= now):
         return None
-    return user if user.active else None
+    return (token, user) if user.active else None
+
+
+def user_for_token(session: Session, secret: str, now: datetime | None = None) -> User | None:
+    """The active user a bearer token belongs to, or None if unknown/expired/revoked."""
+    found = token_and_user(session, secret, now)
+    return found[1] if found else None
 
 
 def user_for_password(session: Session, username: str, password: str) -> User | None:

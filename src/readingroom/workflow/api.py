@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from readingroom.api_errors import error_response
 from readingroom.clock import utcnow
 from readingroom.governance import audit, policy
 from readingroom.governance.api import PrincipalDep, RuntimeDep, require
@@ -34,9 +35,11 @@ from readingroom.workflow.readers import ReaderError, get_reader, set_reader
 from readingroom.workflow.rules import RulesError
 from readingroom.workflow.rulestore import active_version, list_versions, replace_rules
 from readingroom.workflow.states import IllegalTransition
-from readingroom.workflow.worklist import WorklistFilter, all_cases, can_see, case_row, reader_worklist
+from readingroom.workflow.worklist import WorklistFilter, all_cases, case_row, reader_worklist
 
 router = APIRouter(tags=["worklist"])
+#: The case is not in a state that allows this (claimed by someone else, already final, ...).
+CONFLICT: dict[int | str, dict[str, Any]] = {409: error_response("Not possible in the case's current state")}
 Reader = Annotated[Principal, Depends(require(policy.WORKLIST_READ))]
 Supervisor = Annotated[Principal, Depends(require(policy.CASES_ADMIN))]
 RulesAdmin = Annotated[Principal, Depends(require(policy.RULES_ADMIN))]
@@ -128,24 +131,34 @@ def my_worklist(rt: RuntimeDep, p: Reader, f: Filters) -> list[CaseOut]:
 
 
 @router.get("/cases", response_model=list[CaseOut])
-def list_cases(rt: RuntimeDep, _p: Supervisor, f: Filters,
+def list_cases(rt: RuntimeDep, p: Supervisor, f: Filters,
                open_only: bool = True) -> list[CaseOut]:
-    """Every case in the network (supervisors and admins)."""
+    """Every case in the network (admins) or of the sites the caller supervises (site admins)."""
     with rt.db.read_session() as s:
-        return [_case_out(r) for r in all_cases(s, f, open_only=open_only)]
+        return [_case_out(r) for r in all_cases(s, f, open_only=open_only, scope=policy.visible_cases(p))]
 
 
 def _visible_case(s: Any, case_id: int, p: Principal) -> Case:
     case = s.get(Case, case_id)
     if case is None:
         raise HTTPException(404, f"no case {case_id}")
-    if not policy.allowed(p, policy.CASES_ADMIN) and not can_see(s, case, p.user_id):
-        raise HTTPException(403, "this case is not routed to you")
+    if not policy.can_see_case(s, p, case):
+        raise HTTPException(403, "no relationship to this case (not routed to you, not your site, no grant)")
+    return case
+
+
+def _supervised_case(s: Any, case_id: int, p: Principal) -> Case:
+    """The case, if ``p`` supervises its site (else 404/403): site admins act only on their sites' cases."""
+    case = s.get(Case, case_id)
+    if case is None:
+        raise CaseNotFound(f"no case {case_id}")
+    if not policy.at_site(p, policy.CASES_ADMIN, case.site_id):
+        raise HTTPException(403, "this case belongs to a site you do not supervise")
     return case
 
 
 @router.get("/cases/{case_id}", response_model=CaseDetail)
-def case_detail(case_id: int, rt: RuntimeDep, p: Reader, request: Request) -> CaseDetail:
+def case_detail(case_id: int, rt: RuntimeDep, p: PrincipalDep, request: Request) -> CaseDetail:
     """A case with its event log (timeline), priors and eligible readers."""
     from readingroom.archive.models import Study
 
@@ -163,7 +176,7 @@ def case_detail(case_id: int, rt: RuntimeDep, p: Reader, request: Request) -> Ca
     return CaseDetail(**base.model_dump(), events=events, priors=priors, candidates=candidates)
 
 
-@router.post("/cases/{case_id}/claim", response_model=CaseOut)
+@router.post("/cases/{case_id}/claim", response_model=CaseOut, responses=CONFLICT)
 def claim_case(case_id: int, rt: RuntimeDep, p: Reader) -> CaseOut:
     """Claim a case; exactly one reader succeeds, the others get 409."""
     return _act(rt, case_id, lambda s: claim(s, case_id, _actor(p)))
@@ -173,13 +186,13 @@ class ReasonIn(BaseModel):
     reason: str = ""
 
 
-@router.post("/cases/{case_id}/release", response_model=CaseOut)
+@router.post("/cases/{case_id}/release", response_model=CaseOut, responses=CONFLICT)
 def release_case(case_id: int, rt: RuntimeDep, p: Reader, body: ReasonIn | None = None) -> CaseOut:
     """Give a claimed case back to the pool."""
     return _act(rt, case_id, lambda s: release(s, case_id, _actor(p), reason=body.reason if body else ""))
 
 
-@router.post("/cases/{case_id}/heartbeat", status_code=204)
+@router.post("/cases/{case_id}/heartbeat", status_code=204, responses=CONFLICT)
 def heartbeat(case_id: int, rt: RuntimeDep, p: Reader) -> None:
     """Activity on a claimed case, so the claim does not time out while the reader works."""
     with rt.db.session() as s:
@@ -187,7 +200,7 @@ def heartbeat(case_id: int, rt: RuntimeDep, p: Reader) -> None:
             raise HTTPException(409, "you do not hold a claim on this case")
 
 
-@router.post("/cases/{case_id}/complete", response_model=CaseOut)
+@router.post("/cases/{case_id}/complete", response_model=CaseOut, responses=CONFLICT)
 def complete_case(case_id: int, rt: RuntimeDep, p: Reader) -> CaseOut:
     """Mark the read done (the reports issue replaces this with signing a final report)."""
     def do(s: Any) -> Case:
@@ -203,10 +216,11 @@ class ReassignIn(BaseModel):
     reason: str = Field(min_length=1)
 
 
-@router.post("/cases/{case_id}/reassign", response_model=CaseOut)
+@router.post("/cases/{case_id}/reassign", response_model=CaseOut, responses=CONFLICT)
 def reassign_case(case_id: int, body: ReassignIn, rt: RuntimeDep, p: Supervisor) -> CaseOut:
     """A supervisor gives a case to a named reader, with a reason."""
     def do(s: Any) -> Case:
+        _supervised_case(s, case_id, p)
         user = s.scalars(select(User).where(User.username == body.to)).first()
         if user is None:
             raise CaseNotFound(f"no user {body.to!r}")
@@ -217,17 +231,20 @@ def reassign_case(case_id: int, body: ReassignIn, rt: RuntimeDep, p: Supervisor)
     return _act(rt, case_id, do)
 
 
-@router.post("/cases/{case_id}/cancel", response_model=CaseOut)
+@router.post("/cases/{case_id}/cancel", response_model=CaseOut, responses=CONFLICT)
 def cancel_case(case_id: int, body: ReasonIn, rt: RuntimeDep, p: Supervisor) -> CaseOut:
     """Cancel a case (e.g. the order was cancelled or the study was sent in error)."""
-    return _act(rt, case_id, lambda s: transition(s, case_id, "cancelled", _actor(p), data={"reason": body.reason}))
+    def do(s: Any) -> Case:
+        _supervised_case(s, case_id, p)
+        return transition(s, case_id, "cancelled", _actor(p), data={"reason": body.reason})
+    return _act(rt, case_id, do)
 
 
-@router.post("/cases/{case_id}/reroute", response_model=CaseOut)
+@router.post("/cases/{case_id}/reroute", response_model=CaseOut, responses=CONFLICT)
 def reroute_case(case_id: int, rt: RuntimeDep, p: Supervisor) -> CaseOut:
     """Run the routing rules again now (after a rules, roster or licence change)."""
     def do(s: Any) -> Case:
-        case = get_case(s, case_id)
+        case = _supervised_case(s, case_id, p)
         if case.state == "exception":
             transition(s, case_id, "exception_resolved", _actor(p), data={"action": "reroute"})
         route_case(s, case_id, actor=_actor(p), reason="manual reroute", cache_key=rt.db.url)
@@ -289,10 +306,11 @@ def rules_versions(rt: RuntimeDep, _p: RulesAdmin) -> list[RulesOut]:
 
 
 @router.get("/cases/{case_id}/dry-run")
-def dry_run_case(case_id: int, rt: RuntimeDep, _p: Supervisor) -> dict[str, Any]:
+def dry_run_case(case_id: int, rt: RuntimeDep, p: Supervisor) -> dict[str, Any]:
     """Who would get this case now, and why (nothing is stored)."""
     with rt.db.read_session() as s:
         try:
+            _supervised_case(s, case_id, p)
             decision, _ids, version = decide(s, case_id, trace=True, cache_key=rt.db.url)
         except CaseNotFound as exc:
             raise HTTPException(404, str(exc)) from exc
@@ -322,7 +340,8 @@ def list_sites(rt: RuntimeDep, _p: PrincipalDep) -> list[SiteOut]:
         return [SiteOut.model_validate(x, from_attributes=True) for x in s.scalars(select(Site).order_by(Site.code))]
 
 
-@router.post("/sites", response_model=SiteOut, status_code=201)
+@router.post("/sites", response_model=SiteOut, status_code=201,
+             responses={409: error_response("A site with this code exists")})
 def add_site(body: SiteIn, rt: RuntimeDep, _p: SitesAdmin) -> SiteOut:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -417,7 +436,7 @@ class FindingIn(BaseModel):
     description: str = ""
 
 
-@router.post("/studies/{study_uid}/ai-findings", response_model=CaseOut)
+@router.post("/studies/{study_uid}/ai-findings", response_model=CaseOut, responses=CONFLICT)
 def post_finding(study_uid: str, body: FindingIn, rt: RuntimeDep, p: AiEngine) -> CaseOut:
     """An AI engine reports a finding; a positive one flags the case and re-routes it."""
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Select, and_, any_, cast, func, or_, select, true
+from sqlalchemy import BigInteger, ColumnElement, Select, and_, any_, cast, func, or_, select, true
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -84,16 +84,12 @@ def reader_worklist(session: Session, user_id: int, f: WorklistFilter | None = N
     return list(session.execute(_page(or_(offered, mine), f)).all())
 
 
-def all_cases(session: Session, f: WorklistFilter | None = None, open_only: bool = True) -> list[Any]:
-    """Every case (admins, supervisors): the network-wide view."""
+def all_cases(session: Session, f: WorklistFilter | None = None, open_only: bool = True,
+              scope: ColumnElement[bool] | None = None) -> list[Any]:
+    """Every case (admins) or every case of some sites (``scope``, for site supervisors)."""
     f = f or WorklistFilter()
     where = Case.state.in_([s.value for s in OPEN_STATES]) if open_only and not f.state else true()
+    if scope is not None:
+        where = and_(where, scope)
     return list(session.execute(_page(where, f)).all())
 
-
-def can_see(session: Session, case: Case, user_id: int) -> bool:
-    """A reader sees a case routed to them, claimed or assigned to them."""
-    if case.claimed_by == user_id or case.assignee == user_id:
-        return True
-    return session.scalar(select(CaseCandidate.id).where(CaseCandidate.case_id == case.id,
-                                                         CaseCandidate.user_id == user_id).limit(1)) is not None
