@@ -29,6 +29,7 @@ def create_app(rt: Runtime) -> FastAPI:
     from readingroom.archive import dicomweb
     from readingroom.governance import api as governance_api
     from readingroom.governance import retention_api, shares_api, tokens_api, users_api
+    from readingroom.governance.denials import DeniedAccessAudit
     from readingroom.workflow import api as workflow_api
 
     app = FastAPI(
@@ -37,6 +38,7 @@ def create_app(rt: Runtime) -> FastAPI:
         description="Medical imaging collaboration across sites: DICOM archive, DICOMweb, shared worklist.",
     )
     app.state.rt = rt
+    app.add_middleware(DeniedAccessAudit, db=rt.db)
     if rt.settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

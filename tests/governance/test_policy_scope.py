@@ -221,3 +221,23 @@ def test_site_admins_manage_only_their_sites_accounts(world) -> None:
         assert c.get("/api/v1/me", headers=tok).status_code == 401
         with rt.db.read_session() as s:
             assert s.scalar(select(User.active).where(User.username == "lks.tech")) is False
+
+
+def test_refusals_and_case_changes_are_audited(world) -> None:
+    from readingroom.governance import audit
+    from readingroom.governance.models import AuditRecord
+
+    rt = world["rt"]
+    with _client(rt) as c:
+        assert c.get("/dicomweb/studies", headers=_bearer(rt, "aud")).status_code == 403
+        assert c.get("/api/v1/cases").status_code == 401
+        assert c.post(f"/api/v1/cases/{world['case']}/cancel", json={"reason": "wrong patient"},
+                      headers=_bearer(rt, "boss")).status_code == 200
+    audit.flush(rt.db)
+    with rt.db.read_session() as s:
+        denied = {(r.actor, r.resource_id, r.detail["status"]) for r in s.scalars(
+            select(AuditRecord).where(AuditRecord.action == "access.denied"))}
+        changed = s.scalars(select(AuditRecord).where(AuditRecord.action == "case.cancelled")).one()
+    assert ("aud", "/dicomweb/studies", 403) in denied and ("anonymous", "/api/v1/cases", 401) in denied
+    assert changed.actor == "boss" and changed.resource_id == str(world["case"])
+    assert changed.detail["reason"] == "wrong patient"

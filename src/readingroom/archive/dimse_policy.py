@@ -68,13 +68,10 @@ class Caller:
         return self.peer.site_id if self.peer else None
 
     def may(self, service: Service) -> bool:
-        """Whether this caller may use a service (per-peer flags; open mode allows all)."""
-        if not self.trusted:
-            return False
-        if self.peer is None:
-            return True
-        return {"store": self.peer.allow_store, "query": self.peer.allow_query,
-                "retrieve": self.peer.allow_retrieve}[service]
+        """Whether this caller may use a service: the policy module decides (``policy.peer_allowed``)."""
+        from readingroom.governance import policy
+
+        return policy.peer_allowed(self.trusted, self.peer, service)
 
 
 @dataclass(frozen=True)

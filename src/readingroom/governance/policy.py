@@ -86,6 +86,24 @@ def _role_allows(principal: Principal, action: str) -> bool:
     return any(action in _ROLE_ACTIONS.get(role, frozenset()) for role in _roles(principal, _ANYWHERE))
 
 
+def peer_allowed(trusted: bool, peer: Any, service: str) -> bool:
+    """Whether a DICOM caller may use a DIMSE service (``store``, ``query``, ``retrieve``).
+
+    Peers are systems, not people: the association was accepted by AE title
+    and address (and TLS certificate); what it may do is the registered
+    peer's flags. A caller let in by the open-door settings
+    (``accept_unknown_aets`` / ``accept_loopback_aets``) and not registered
+    may use every service, which is why those settings are for demos and
+    closed networks. A caller no longer trusted may do nothing.
+    """
+    if not trusted:
+        return False
+    if peer is None:
+        return True
+    flags = {"store": peer.allow_store, "query": peer.allow_query, "retrieve": peer.allow_retrieve}
+    return bool(flags.get(service, False))
+
+
 def actions_for_role(role: str) -> frozenset[str]:
     return _ROLE_ACTIONS.get(role, frozenset())
 

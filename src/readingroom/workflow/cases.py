@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from readingroom.archive.index import insert_for
 from readingroom.archive.models import Patient, Series, Study
 from readingroom.clock import utcnow
+from readingroom.governance import audit
 from readingroom.workflow.enums import Priority
 from readingroom.workflow.models import Case, CaseCandidate, CaseEvent, CasePrior
 from readingroom.workflow.states import CaseState, IllegalTransition, NotEligible, allowed_from, next_state
@@ -40,10 +41,20 @@ SYSTEM = Actor()
 
 def log_event(session: Session, case_id: int, kind: str, actor: Actor, from_state: str, to_state: str,
               data: dict[str, Any] | None = None, at: datetime | None = None) -> None:
+    """Append to the case's event log; a person's action also goes to the (tamper-evident) audit trail.
+
+    The event log is the case's timeline for analytics; the audit trail is
+    what compliance reviews and ``audit verify`` protect. System events
+    (routing, escalation) stay in the event log only: they are reproducible
+    from the rules and would drown the people's actions.
+    """
     session.execute(insert(CaseEvent).values(
         case_id=case_id, at=at or utcnow(), kind=kind, actor=actor.name, from_state=from_state,
         to_state=to_state, data=data or {},
     ))
+    if actor.user_id is not None:
+        audit.record(session, actor=actor.name, action=f"case.{kind}", resource_type="case",
+                     resource_id=str(case_id), detail={"from": from_state, "to": to_state, **(data or {})})
 
 
 def get_case(session: Session, case_id: int) -> Case:
