@@ -88,6 +88,8 @@ def test_query_carries_the_query_base64(rt: Any) -> None:
      "0"),
     ({"action": "access.break_glass", "resource_type": "study", "resource_id": "1.2.3", "flagged": True,
       "reason": "unconscious patient in the ED"}, "110113", "110127", "E", "0"),
+    ({"action": "access.denied", "outcome": "failure", "resource_type": "http", "resource_id": "/api/v1/audit"},
+     "110113", "110132", "E", "4"),
     ({"action": "audit.search", "resource_type": "audit"}, "110101", None, "R", "0"),
     ({"action": "application.start", "resource_type": "application"}, "110100", "110120", "E", "0"),
     ({"action": "peer.add", "resource_type": "peer", "resource_id": "ct1"}, "110113", "110128", "C", "0"),

@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from sqlalchemy.orm import Session
 
+from readingroom.api_errors import error_response
 from readingroom.governance import accounts, login, policy
 from readingroom.governance.api import RuntimeDep, require
 from readingroom.governance.auth import Principal
@@ -20,6 +21,7 @@ from readingroom.governance.models import User
 from readingroom.governance.users_api import managed_user
 
 router = APIRouter(prefix="/users", tags=["accounts"])
+_NOT_ON_ONESELF = {409: error_response("Administrators cannot do this to their own account")}
 AdminDep = Annotated[Principal, Depends(require(policy.USERS_ADMIN))]
 
 
@@ -30,7 +32,7 @@ def _target(s: Session, principal: Principal, username: str) -> User:
     return user
 
 
-@router.post("/{username}/unlock", status_code=204, response_class=Response)
+@router.post("/{username}/unlock", status_code=204, response_class=Response, responses=_NOT_ON_ONESELF)
 def unlock(username: str, request: Request, rt: RuntimeDep, principal: AdminDep) -> Response:
     """Lift a lockout after failed sign-ins before it expires."""
     with rt.db.session() as s:
@@ -38,7 +40,8 @@ def unlock(username: str, request: Request, rt: RuntimeDep, principal: AdminDep)
     return Response(status_code=204)
 
 
-@router.post("/{username}/reset-second-factor", status_code=204, response_class=Response)
+@router.post("/{username}/reset-second-factor", status_code=204, response_class=Response,
+             responses=_NOT_ON_ONESELF)
 def reset_second_factor(username: str, request: Request, rt: RuntimeDep, principal: AdminDep) -> Response:
     """Remove a user's lost second factor and end their sessions; they enrol again at their next sign-in."""
     with rt.db.session() as s:

@@ -108,6 +108,7 @@ EVENT_MAP: tuple[tuple[str, Event], ...] = (
     ("application.stop", Event(APPLICATION_ACTIVITY, "E", APPLICATION_STOP, ROLE_LAUNCHER, ROLE_APPLICATION)),
     ("audit.*", Event(AUDIT_LOG_USED, "R")),
     ("access.break_glass", Event(SECURITY_ALERT, "E", EMERGENCY_OVERRIDE_STARTED)),
+    ("access.denied", Event(SECURITY_ALERT, "E", USE_OF_RESTRICTED_FUNCTION)),
     ("access.*", Event(SECURITY_ALERT, "U", OBJECT_SECURITY_ATTRIBUTES_CHANGED)),
     ("association.reject", Event(SECURITY_ALERT, "E", NODE_AUTHENTICATION)),
     # share links: the recipient's passcode is a login; what they see or download is an access or transfer

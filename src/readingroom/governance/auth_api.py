@@ -8,13 +8,14 @@ JSON only, which a cross-site form cannot send without a CORS preflight.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
+from readingroom.api_errors import error_response
 from readingroom.governance import accounts, cookies, sessions, signin, totp
 from readingroom.governance.api import PendingPrincipalDep, PrincipalDep, RuntimeDep
 from readingroom.governance.auth import Principal
@@ -78,6 +79,16 @@ class Revoked(BaseModel):
     revoked: int
 
 
+#: The answers of a refused sign-in, code or password check (documented in the OpenAPI document).
+REFUSED: dict[int | str, dict[str, Any]] = {
+    401: error_response("Wrong username, password or one-time code"),
+    423: error_response("The account is locked after repeated failures (Retry-After says for how long)"),
+    429: error_response("Too many attempts from this address (Retry-After says when to retry)"),
+}
+NOT_A_SESSION: dict[int | str, dict[str, Any]] = {
+    400: error_response("This request is not signed in with a browser session (rr_session cookie)")}
+
+
 def refused(exc: LoginRefused) -> HTTPException:
     """The HTTP answer to a refused sign-in (401 / 423 / 429 with Retry-After)."""
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
@@ -96,7 +107,7 @@ def _no_store(response: Response) -> None:
     response.headers["Cache-Control"] = "no-store"
 
 
-@router.post("/login", response_model=SessionOut)
+@router.post("/login", response_model=SessionOut, responses=REFUSED)
 async def login(body: LoginIn, request: Request, response: Response, rt: RuntimeDep) -> SessionOut:
     """Sign in with username and password (and a one-time code when enrolled); sets the ``rr_session`` cookie.
 
@@ -116,7 +127,7 @@ async def login(body: LoginIn, request: Request, response: Response, rt: Runtime
                       auth_method="password", expires_at=signed.expires_at)
 
 
-@router.post("/logout", status_code=204, response_class=Response)
+@router.post("/logout", status_code=204, response_class=Response, responses=NOT_A_SESSION)
 def logout(request: Request, rt: RuntimeDep, principal: PendingPrincipalDep) -> Response:
     """End this browser session and clear its cookie."""
     active = _current(request)
@@ -128,7 +139,7 @@ def logout(request: Request, rt: RuntimeDep, principal: PendingPrincipalDep) -> 
     return response
 
 
-@router.get("/session", response_model=SessionOut)
+@router.get("/session", response_model=SessionOut, responses=NOT_A_SESSION)
 def current_session(request: Request, response: Response, principal: PendingPrincipalDep) -> SessionOut:
     """This browser session: who, its CSRF token and second-factor state."""
     active = _current(request)
@@ -184,7 +195,8 @@ def _account(s: Session, principal: Principal) -> User:
     return user
 
 
-@router.post("/totp/enroll", response_model=EnrollOut)
+@router.post("/totp/enroll", response_model=EnrollOut,
+             responses={409: error_response("A second factor is already enabled")})
 def totp_enroll(request: Request, response: Response, rt: RuntimeDep, principal: PendingPrincipalDep) -> EnrollOut:
     """Start setting up a one-time-code app: returns a new secret to confirm with ``/totp/confirm``."""
     with rt.db.session() as s:
@@ -216,7 +228,7 @@ def confirm(rt: Runtime, principal: Principal, code: str, source: str) -> None:
     raise failed  # after the commit, so the failure's audit record is kept
 
 
-@router.post("/totp/confirm", status_code=204, response_class=Response)
+@router.post("/totp/confirm", status_code=204, response_class=Response, responses=REFUSED)
 def totp_confirm(body: CodeIn, request: Request, rt: RuntimeDep, principal: PendingPrincipalDep) -> Response:
     """Confirm enrolment with a code from the app; the second factor is then required at every sign-in."""
     source = cookies.client_address(request)
@@ -230,7 +242,8 @@ def totp_confirm(body: CodeIn, request: Request, rt: RuntimeDep, principal: Pend
     return Response(status_code=204)
 
 
-@router.post("/totp/verify", status_code=204, response_class=Response)
+@router.post("/totp/verify", status_code=204, response_class=Response, responses={
+    **REFUSED, **NOT_A_SESSION, 409: error_response("This session owes no one-time code")})
 def totp_verify(body: CodeIn, request: Request, rt: RuntimeDep, principal: PendingPrincipalDep) -> Response:
     """Present the one-time code a session owes after a password sign-in."""
     active = _current(request)
@@ -266,7 +279,8 @@ def disable(rt: Runtime, principal: Principal, code: str, source: str) -> None:
         raise LoginRefused(signin.WRONG_CODE, status=403)
 
 
-@router.delete("/totp", status_code=204, response_class=Response)
+@router.delete("/totp", status_code=204, response_class=Response, responses={
+    **REFUSED, 409: error_response("No second factor is enabled, or the role requires one")})
 def totp_disable(body: CodeIn, request: Request, rt: RuntimeDep, principal: PrincipalDep) -> Response:
     """Remove the second factor (needs a current code; refused when the role requires one)."""
     try:
@@ -294,7 +308,7 @@ def change_password(rt: Runtime, principal: Principal, current: str, new: str, s
     raise failed  # after the commit, so the failure's audit record is kept
 
 
-@router.post("/password", response_model=Revoked)
+@router.post("/password", response_model=Revoked, responses=REFUSED)
 def password(body: PasswordIn, request: Request, rt: RuntimeDep, principal: PrincipalDep) -> Revoked:
     """Change the caller's password; every other session of theirs ends (``revoked`` says how many)."""
     try:

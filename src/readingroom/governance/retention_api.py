@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, model_validator
 
+from readingroom.api_errors import error_response
 from readingroom.governance import policy
 from readingroom.governance.api import RuntimeDep, require
 from readingroom.governance.auth import Principal
@@ -162,7 +163,9 @@ def get_rules(rt: RuntimeDep, p: Admin) -> list[RuleOut]:
         return [RuleOut.of(r) for r in list_rules(s, _scope(p))]
 
 
-@router.post("/rules", response_model=RuleOut, status_code=201)
+@router.post("/rules", response_model=RuleOut, status_code=201, responses={
+    404: error_response("No such site among those the caller administers"),
+    409: error_response("A rule with this name exists")})
 def post_rule(body: RuleIn, rt: RuntimeDep, p: Admin, request: Request) -> RuleOut:
     """Add a rule: studies of the site (every site) and modality (any) older than min_age_days become due."""
     with rt.db.session() as s:
@@ -196,7 +199,9 @@ def get_holds(rt: RuntimeDep, p: Admin,
                                                   include_released=include_released)]
 
 
-@router.post("/holds", response_model=HoldOut, status_code=201)
+@router.post("/holds", response_model=HoldOut, status_code=201, responses={
+    404: error_response("No such study or patient at the sites the caller administers"),
+    409: error_response("The hold exists already")})
 def post_hold(body: HoldIn, rt: RuntimeDep, p: Admin, request: Request) -> HoldOut:
     """Place a legal hold on a study or on every study of a patient."""
     with rt.db.session() as s:
@@ -208,7 +213,8 @@ def post_hold(body: HoldIn, rt: RuntimeDep, p: Admin, request: Request) -> HoldO
         return HoldOut.of(view)
 
 
-@router.post("/holds/{hold_id}/release", response_model=HoldOut)
+@router.post("/holds/{hold_id}/release", response_model=HoldOut,
+             responses={409: error_response("The hold was already released")})
 def post_release(hold_id: int, rt: RuntimeDep, p: Admin, request: Request,
                  body: ReleaseIn | None = None) -> HoldOut:
     """Release a legal hold; the studies it kept become purgeable again if due."""
@@ -221,7 +227,7 @@ def post_release(hold_id: int, rt: RuntimeDep, p: Admin, request: Request,
         return HoldOut.of(view)
 
 
-@router.post("/run", response_model=ReportOut)
+@router.post("/run", response_model=ReportOut, responses={409: error_response("A retention run is under way")})
 async def post_run(body: RunIn, rt: RuntimeDep, p: Admin, request: Request) -> ReportOut:
     """Run retention now over the caller's sites: a dry run reports, a real run purges what is not kept."""
     try:

@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Stre
 from jinja2 import Environment, PackageLoader, select_autoescape
 from pydantic import BaseModel, Field
 
+from readingroom.api_errors import error_response
 from readingroom.archive.render import RenderError, parse_render_params
 from readingroom.governance import audit, policy, share_access, share_content, shares
 from readingroom.governance.api import PrincipalDep, RuntimeDep
@@ -36,6 +37,28 @@ _HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
                                "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
 }
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+
+
+def _refusal(description: str) -> dict[str, Any]:
+    """A refusal of the public routes: JSON for programs, a small page for browsers (Accept: text/html)."""
+    return {**error_response(description), "content": _HTML}
+
+
+#: What the public routes answer when a link does not open (documented in the OpenAPI document).
+_REFUSALS: dict[int | str, dict[str, Any]] = {
+    401: _refusal("The link needs its passcode (POST .../unlock first)"),
+    403: _refusal("Wrong passcode, or the link does not allow this (e.g. downloading from a view-only link)"),
+    404: _refusal("No such link, or nothing of that name in the shared study"),
+    410: _refusal("The link expired, was revoked, was locked after wrong passcodes or is used up"),
+}
+_PNG = {200: {"description": "The image", "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+        400: error_response("A malformed rendering parameter"), 406: error_response("The image cannot be rendered")}
+_UNLOCK_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "required": ["passcode"],
+                                    "properties": {"passcode": {"type": "string"}}}},
+    "application/x-www-form-urlencoded": {"schema": {"type": "object", "properties": {
+        "passcode": {"type": "string"}}}}}}}
 _templates = Environment(loader=PackageLoader("readingroom.governance", "templates"),
                          autoescape=select_autoescape(["html"]))
 
@@ -109,7 +132,8 @@ def _may_share(rt: Runtime, principal: PrincipalDep, request: Request, action: s
     raise HTTPException(status_code=403, detail=reason)
 
 
-@router.post("/shares", response_model=ShareCreated, status_code=201)
+@router.post("/shares", response_model=ShareCreated, status_code=201, responses={
+    404: error_response("No such study, or not one the caller may read")})
 def create_share(body: ShareIn, request: Request, rt: RuntimeDep, principal: PrincipalDep) -> ShareCreated:
     """Create a share link to a study you may read; the URL is returned once."""
     _may_share(rt, principal, request, "share.create")
@@ -221,7 +245,7 @@ def _date(value: str) -> str:
     return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) == 8 and value.isdigit() else value
 
 
-@public_router.get("/share/{token}/manifest", tags=["shared (public)"])
+@public_router.get("/share/{token}/manifest", tags=["shared (public)"], responses=_REFUSALS)
 def share_manifest(token: str, request: Request, rt: RuntimeDep) -> Response:
     """The shared study as JSON: series, instances, image and download paths (relative to the link)."""
     opened = _view(request, rt, token, "manifest")
@@ -252,20 +276,24 @@ def _image(request: Request, rt: Runtime, token: str, uid: str, frame: int | Non
     return _finish(Response(png, media_type="image/png"), rt, token, share, new_visit)
 
 
-@public_router.get("/share/{token}/instances/{uid}/thumbnail", tags=["shared (public)"])
+@public_router.get("/share/{token}/instances/{uid}/thumbnail", tags=["shared (public)"],
+                   responses={**_REFUSALS, **_PNG})
 def share_thumbnail(token: str, uid: str, request: Request, rt: RuntimeDep) -> Response:
     """A 128-pixel PNG of an instance's middle frame."""
     return _image(request, rt, token, uid, None, thumbnail=True)
 
 
-@public_router.get("/share/{token}/instances/{uid}/frames/{frame}/rendered", tags=["shared (public)"])
+@public_router.get("/share/{token}/instances/{uid}/frames/{frame}/rendered", tags=["shared (public)"],
+                   responses={**_REFUSALS, **_PNG})
 def share_rendered(token: str, uid: str, request: Request, rt: RuntimeDep,
                    frame: Annotated[int, Path(ge=1)]) -> Response:
     """A frame rendered as PNG (``window=center,width`` and ``viewport=w,h`` as in DICOMweb)."""
     return _image(request, rt, token, uid, frame, thumbnail=False)
 
 
-@public_router.get("/share/{token}/download", tags=["shared (public)"])
+@public_router.get("/share/{token}/download", tags=["shared (public)"], responses={**_REFUSALS, 200: {
+    "description": "The DICOM files as a ZIP", "content": {"application/zip": {"schema": {"type": "string",
+                                                                                      "format": "binary"}}}}})
 def share_download(token: str, request: Request, rt: RuntimeDep) -> Response:
     """The study's DICOM files as a streamed ZIP (links created with mode=download only)."""
     opened = _view(request, rt, token, "download", html=_wants_html(request))
@@ -290,7 +318,9 @@ class UnlockIn(BaseModel):
     passcode: str
 
 
-@public_router.post("/share/{token}/unlock", tags=["shared (public)"])
+@public_router.post("/share/{token}/unlock", tags=["shared (public)"], openapi_extra=_UNLOCK_BODY, responses={
+    **_REFUSALS, 303: {"description": "Unlocked (form post): back to the link's page"},
+    422: error_response("The body is not {\"passcode\": ...}")})
 async def share_unlock(token: str, request: Request, rt: RuntimeDep) -> Response:
     """Check the passcode (JSON ``{"passcode": ...}`` or the page's form); sets a short-lived cookie."""
     from fastapi.concurrency import run_in_threadpool

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
+from readingroom.api_errors import error_response
 from readingroom.governance import policy, tokens
 from readingroom.governance.api import PrincipalDep, RuntimeDep
 from readingroom.governance.auth import Principal
@@ -86,7 +87,7 @@ def add_token(body: TokenIn, request: Request, response: Response, rt: RuntimeDe
     return out
 
 
-@router.get("", response_model=list[TokenInfo])
+@router.get("", response_model=list[TokenInfo], responses={404: error_response("No such user")})
 def list_tokens(rt: RuntimeDep, principal: PrincipalDep,
                 username: Annotated[str | None, Query(description="Another user's tokens (administrators)")] = None,
                 include_ended: Annotated[bool, Query(description="Also revoked and expired tokens")] = False,
@@ -97,7 +98,8 @@ def list_tokens(rt: RuntimeDep, principal: PrincipalDep,
         return [_info(t, target.username) for t in tokens.list_tokens(s, target.id, include_ended=include_ended)]
 
 
-@router.delete("/{token_id}", status_code=204, response_class=Response)
+@router.delete("/{token_id}", status_code=204, response_class=Response,
+                responses={409: error_response("The token is already revoked")})
 def revoke_token(token_id: int, request: Request, rt: RuntimeDep, principal: PrincipalDep) -> Response:
     """Revoke a token now (own tokens; administrators: also their users'). It stops working at once here,
     within seconds in other server processes."""

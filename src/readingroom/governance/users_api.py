@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from readingroom.api_errors import error_response
 from readingroom.clock import utcnow
 from readingroom.governance import audit, policy
 from readingroom.governance.api import RuntimeDep, require
@@ -146,7 +147,8 @@ def list_users(rt: RuntimeDep, p: UsersAdmin, site_id: int | None = None,
         return [_out(s, u) for u in s.scalars(q)]
 
 
-@router.post("/users", response_model=UserOut, status_code=201)
+@router.post("/users", response_model=UserOut, status_code=201,
+             responses={409: error_response("A user with this name exists")})
 def add_user(body: UserIn, rt: RuntimeDep, p: UsersAdmin, request: Request) -> UserOut:
     """Create a local account (admins; site admins for their own sites and non-privileged roles)."""
     _check_role(p, body.role)
@@ -170,7 +172,8 @@ def show_user(username: str, rt: RuntimeDep, p: UsersAdmin) -> UserOut:
         return _out(s, managed_user(s, p, username))
 
 
-@router.patch("/users/{username}", response_model=UserOut)
+@router.patch("/users/{username}", response_model=UserOut,
+              responses={409: error_response("One cannot change one's own role or deactivate oneself")})
 def change_user(username: str, body: UserPatch, rt: RuntimeDep, p: UsersAdmin, request: Request) -> UserOut:
     """Change an account; deactivating it ends its sessions and token use at once."""
     changes = body.model_dump(exclude_unset=True)
