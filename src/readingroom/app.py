@@ -27,6 +27,7 @@ def create_app(rt: Runtime) -> FastAPI:
     """The HTTP side: health, REST API under /api/v1, DICOMweb under /dicomweb."""
     from readingroom.archive import api as archive_api
     from readingroom.archive import dicomweb
+    from readingroom.collab import live
     from readingroom.governance import api as governance_api
     from readingroom.governance import retention_api, shares_api, tokens_api, users_api
     from readingroom.governance.denials import DeniedAccessAudit
@@ -85,6 +86,7 @@ def create_app(rt: Runtime) -> FastAPI:
     _add_sign_in(app)
     app.include_router(archive_api.router, prefix="/api/v1")
     app.include_router(workflow_api.router, prefix="/api/v1")
+    app.include_router(live.router, prefix="/api/v1")
     app.include_router(retention_api.router, prefix="/api/v1")
     app.include_router(shares_api.router, prefix="/api/v1")
     app.include_router(shares_api.public_router)

@@ -181,5 +181,6 @@ class Database:
 def import_all_models() -> None:
     """Import every domain's models so ``Base.metadata`` is complete."""
     import readingroom.archive.models
+    import readingroom.collab.models
     import readingroom.governance.models
     import readingroom.workflow.models  # noqa: F401

@@ -35,18 +35,35 @@ AUDIT_REVIEW = "audit.review"  # close break-the-glass reviews
 BREAK_GLASS = "access.break_glass"  # open a study outside one's relationships, with a reason
 SHARES_CREATE = "shares.create"  # create / revoke share links to studies one may read
 RETENTION_ADMIN = "retention.admin"  # retention rules, legal holds, purge runs
+# Collaboration (always together with a relationship to the case: ``can_see_case``).
+REPORTS_WRITE = "reports.write"  # draft and edit reports, flag critical findings
+REPORTS_SIGN = "reports.sign"  # sign preliminary / final reports and addenda
+CRITICAL_ACK = "critical.ack"  # acknowledge a critical result as the clinician (or delegate)
+CONSULTS_REQUEST = "consults.request"  # ask for a consult or second opinion on a case
+CONSULTS_ANSWER = "consults.answer"  # answer a consult one was asked
+COMMENTS_WRITE = "comments.write"  # comment on cases one can see
+ANNOTATIONS_WRITE = "annotations.write"  # measure and annotate images of cases one can see
+CONFERENCES_MANAGE = "conferences.manage"  # create tumour boards / MDT sessions, record decisions
+REFERRALS_SUBMIT = "referrals.submit"  # a partner sends a referral
+REFERRALS_MANAGE = "referrals.manage"  # accept / decline referrals addressed to one's site
+PEER_REVIEW_ADMIN = "peer_review.admin"  # sampling and results of peer review
 
 _ROLE_ACTIONS: dict[str, frozenset[str]] = {
     "admin": frozenset({ARCHIVE_READ, ARCHIVE_STORE, ARCHIVE_ADMIN, PEERS_ADMIN, USERS_ADMIN, WORKLIST_READ,
                         CASES_ADMIN, RULES_ADMIN, SITES_ADMIN, AI_FINDINGS, AUDIT_READ, AUDIT_REVIEW,
-                        SHARES_CREATE, RETENTION_ADMIN}),
+                        SHARES_CREATE, RETENTION_ADMIN, COMMENTS_WRITE, CONFERENCES_MANAGE, REFERRALS_MANAGE,
+                        PEER_REVIEW_ADMIN, CONSULTS_REQUEST}),
     "site_admin": frozenset({ARCHIVE_READ, ARCHIVE_STORE, PEERS_ADMIN, CASES_ADMIN, WORKLIST_READ, USERS_ADMIN,
-                             SHARES_CREATE, RETENTION_ADMIN}),
-    "radiologist": frozenset({ARCHIVE_READ, ARCHIVE_STORE, WORKLIST_READ, BREAK_GLASS, SHARES_CREATE}),
-    "technologist": frozenset({ARCHIVE_READ, ARCHIVE_STORE}),
-    "referring_clinician": frozenset({ARCHIVE_READ, BREAK_GLASS, SHARES_CREATE}),
-    "consultant": frozenset({ARCHIVE_READ}),
-    "partner": frozenset({ARCHIVE_READ, ARCHIVE_STORE}),
+                             SHARES_CREATE, RETENTION_ADMIN, COMMENTS_WRITE, CONFERENCES_MANAGE, REFERRALS_MANAGE,
+                             PEER_REVIEW_ADMIN, CONSULTS_REQUEST}),
+    "radiologist": frozenset({ARCHIVE_READ, ARCHIVE_STORE, WORKLIST_READ, BREAK_GLASS, SHARES_CREATE,
+                              REPORTS_WRITE, REPORTS_SIGN, CONSULTS_REQUEST, CONSULTS_ANSWER, COMMENTS_WRITE,
+                              ANNOTATIONS_WRITE, CONFERENCES_MANAGE}),
+    "technologist": frozenset({ARCHIVE_READ, ARCHIVE_STORE, COMMENTS_WRITE}),
+    "referring_clinician": frozenset({ARCHIVE_READ, BREAK_GLASS, SHARES_CREATE, CRITICAL_ACK, CONSULTS_REQUEST,
+                                      COMMENTS_WRITE}),
+    "consultant": frozenset({ARCHIVE_READ, CONSULTS_ANSWER, COMMENTS_WRITE, ANNOTATIONS_WRITE}),
+    "partner": frozenset({ARCHIVE_READ, ARCHIVE_STORE, REFERRALS_SUBMIT, COMMENTS_WRITE}),
     "auditor": frozenset({AUDIT_READ, AUDIT_REVIEW}),
     "modality": frozenset({ARCHIVE_STORE}),
     "ai_engine": frozenset({ARCHIVE_READ, AI_FINDINGS}),

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from readingroom.api_errors import error_response
 from readingroom.clock import utcnow
+from readingroom.collab import live
 from readingroom.governance import audit, policy
 from readingroom.governance.api import PrincipalDep, RuntimeDep, require
 from readingroom.governance.auth import Principal
@@ -259,7 +260,9 @@ def _act(rt: Any, case_id: int, fn: Any) -> CaseOut:
     except (CaseNotFound, NotEligible, IllegalTransition, ValueError) as exc:
         raise _errors(exc) from exc
     with rt.db.read_session() as s:
-        return _case_out(s.execute(case_row(case_id)).one())
+        out = _case_out(s.execute(case_row(case_id)).one())
+    live.publish(rt, "case.changed", {"state": out.state, "claimed_by": out.claimed_by}, case_id=case_id)
+    return out
 
 
 # --- routing rules --------------------------------------------------------------------------------
