@@ -12,8 +12,8 @@ document honest for every route, including the ones added later; answers
 particular to a route (409, 406, 415 ...) are declared on the route itself.
 
 Input that passed validation can still not fit the database: an id beyond
-SQLite's 64-bit integers, a name longer than a PostgreSQL ``varchar``, a
-duration that overflows a date. Without a handler each is a 500 (and a
+SQLite's 64-bit integers, a name longer than a PostgreSQL ``varchar``, a NUL
+character PostgreSQL text cannot hold, a duration that overflows a date. Without a handler each is a 500 (and a
 stack trace in the log) on one database and not the other; it is bad input,
 so it is answered 422, the same on both.
 """
@@ -71,6 +71,18 @@ def _depends_on(dependant: Dependant, calls: tuple[Callable[..., Any], ...]) -> 
     return False
 
 
+def _params(dependant: Dependant) -> tuple[bool, bool]:
+    """Whether the route (with its dependencies) takes path parameters, and query or header parameters."""
+    path = query = False
+    stack = [dependant]
+    while stack:
+        dep = stack.pop()
+        path = path or bool(dep.path_params)
+        query = query or bool(dep.query_params or dep.header_params)
+        stack.extend(dep.dependencies)
+    return path, query
+
+
 def api_routes(app: FastAPI) -> Iterator[APIRoute]:
     """Every API route of ``app`` as it is served (with its router's prefix), including hidden ones.
 
@@ -94,11 +106,12 @@ def common_errors(route: APIRoute, authenticated: bool) -> dict[str, dict[str, A
     if authenticated:
         errors["401"] = _error("No, malformed, expired or revoked credentials (WWW-Authenticate says which kinds)")
         errors["403"] = _error("Authenticated, but not allowed: role, site, relationship, token scope or CSRF")
-    if route.dependant.path_params:
+    path, query = _params(route.dependant)
+    if path:
         errors["404"] = _error("No such resource, or none the caller may know of")
     if route.body_field:
         errors["400"] = _error("The body cannot be parsed (not JSON, or not the declared media type)")
-    if route.dependant.path_params or route.dependant.query_params or route.body_field:
+    if path or query or route.body_field:
         errors["422"] = _error("Invalid input: a message, or the list of fields in error")
     return errors
 
@@ -151,7 +164,8 @@ def install_input_error_handlers(app: FastAPI) -> None:
     def does_not_fit(request: Request, exc: Exception) -> JSONResponse:
         log.warning("%s %s: a request value does not fit: %s", request.method, request.url.path,
                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        return JSONResponse({"detail": "a value in the request is too long or out of range"}, status_code=422)
+        return JSONResponse({"detail": "a value in the request cannot be stored or compared: too long, out of "
+                                       "range or containing a NUL character"}, status_code=422)
 
     app.add_exception_handler(DataError, does_not_fit)
     app.add_exception_handler(OverflowError, does_not_fit)

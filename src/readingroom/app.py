@@ -94,6 +94,24 @@ def create_app(rt: Runtime) -> FastAPI:
 
     app.include_router(audit_api.router, prefix="/api/v1")
     app.include_router(access_api.router, prefix="/api/v1")
+    from readingroom.collab import conferences_api, referrals_api
+
+    app.include_router(conferences_api.router, prefix="/api/v1")
+    app.include_router(referrals_api.router, prefix="/api/v1")
+    from readingroom.collab import annotations_api
+
+    app.include_router(annotations_api.router, prefix="/api/v1")
+    from readingroom.collab import consults_api, peer_review_api
+
+    app.include_router(consults_api.router, prefix="/api/v1")
+    app.include_router(peer_review_api.router, prefix="/api/v1")
+    from readingroom.collab import reports_api
+
+    app.include_router(reports_api.router, prefix="/api/v1")
+    from readingroom.collab import comments_api, critical_api
+
+    app.include_router(critical_api.router, prefix="/api/v1")
+    app.include_router(comments_api.router, prefix="/api/v1")
     app.include_router(dicomweb.router, prefix="/dicomweb")
     install_input_error_handlers(app)
     install_error_docs(app, governance_api.current_principal, governance_api.pending_principal)
@@ -135,6 +153,20 @@ def build_scheduler(rt: Runtime) -> Scheduler:
     scheduler.add("session-cleanup", 3600, lambda: prune_ended_sessions(rt))
     # Hourly wake-up, but the run itself happens once per UTC day network-wide (retention_run.claim_today).
     scheduler.add("retention", 3600, lambda: retention_run.scheduled_run(rt))
+    from readingroom.collab import critical
+
+    # Unacknowledged critical results climb their ladder (each step once, conditional UPDATE).
+    scheduler.add("critical-escalation", settings.scheduler_interval_seconds, lambda: critical.escalate_due(rt))
+    from readingroom.collab.conference_access import open_windows
+    from readingroom.collab.referrals import flag_overdue
+
+    scheduler.add("conference-access", 60, lambda: open_windows(rt))  # grants of sessions whose window opened
+    scheduler.add("referral-sla", 60, lambda: flag_overdue(rt))  # unanswered referrals to the exception queue
+    from readingroom.collab import after_final
+
+    # second reads and sampled peer reviews of new finals; consultants' and reviewers' grants follow their claims
+    scheduler.add("after-final", settings.scheduler_interval_seconds, lambda: after_final.after_final(rt))
+    scheduler.add("child-read-access", settings.scheduler_interval_seconds, lambda: after_final.sync_access(rt))
     from readingroom.governance.audit_jobs import add_audit_jobs
 
     add_audit_jobs(scheduler, rt)  # audit-seal (hash chain) and audit-syslog (ATNA forwarding)

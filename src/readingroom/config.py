@@ -67,6 +67,16 @@ class Settings(BaseSettings):
         default=60.0, description="Re-evaluate waiting cases this often (shifts, overflow)"
     )
     notify_webhook_url: str | None = Field(default=None, description="POST escalation notifications here")
+    # -- critical results (collab/critical.py) ------------------------------------------------------------
+    critical_ack_minutes: dict[str, float] = Field(
+        default_factory=lambda: {"1": 60.0, "2": 240.0, "3": 4320.0},
+        description="Critical-result urgency levels (ACR-style) and the minutes allowed to acknowledge each")
+    critical_level_names: dict[str, str] = Field(
+        default_factory=lambda: {"1": "critical", "2": "urgent", "3": "significant, non-urgent"},
+        description="Display names of the critical-result levels")
+    critical_escalation_contacts: list[str] = Field(
+        default_factory=list,
+        description="Usernames told at the last escalation step of a critical result, besides site supervisors")
     cors_origins: list[str] = Field(default_factory=list)
     max_upload_bytes: int = Field(default=8 * 1024**3, description="Largest accepted STOW-RS request body")
     max_associations: int = 16
@@ -111,6 +121,21 @@ class Settings(BaseSettings):
         default=True, description="A de-identified share may go to a region other than the study site's residency tag")
     retention_mode: Literal["off", "dry-run", "purge"] = Field(
         default="off", description="What the daily retention job does")
+    # -- conferences and referrals (collaboration) -------------------------------------------------------
+    conference_access_hours_before: float = Field(
+        default=48.0, description="Attendees may open a conference's cases this long before it starts")
+    conference_access_hours_after: float = Field(
+        default=24.0, description="... and until this long after it is scheduled to end")
+    referral_sla_hours: dict[str, float] = Field(
+        default_factory=lambda: {"critical": 1.0, "stat": 4.0, "urgent": 24.0, "routine": 72.0},
+        description="Hours a receiving site has to accept or decline a referral, per priority")
+    referral_access_days: float = Field(
+        default=90.0, description="How long the referring partner may open the accepted referral's case")
+    # -- consults, second opinions, peer review (collaboration) -----------------------------------------------
+    peer_review_rate: float = Field(
+        default=0.05, ge=0.0, le=1.0, description="Share of final reads sampled for peer review (per case, stable)")
+    consult_access_grace_hours: float = Field(
+        default=24.0, ge=0.0, description="How long a consultant keeps access to a case after answering")
     log_level: str = "INFO"
 
     @classmethod

@@ -16,7 +16,7 @@ from readingroom.config import Settings
 from readingroom.db import Database
 
 
-@dataclass
+@dataclass(eq=False)  # identity: hashable, so per-runtime registries (the live hub) can key on it
 class Runtime:
     """Everything a core function needs to touch storage."""
 

@@ -102,7 +102,7 @@ class Route:
 
 
 _TARGETS = {"study": STUDY_TARGETS, "case": CASE_TARGETS, "token": PERSONAL_TARGETS, "session": PERSONAL_TARGETS,
-            "share": PERSONAL_TARGETS}
+            "share": PERSONAL_TARGETS, "annotation": STUDY_TARGETS}
 
 
 def route(resource: str | None = None, *, listing: str | None = None, search: bool = False,
@@ -134,6 +134,9 @@ READ_STUDY = dict(admin=ALL, ai_engine=ALL, site_admin=SITE, technologist=SITE, 
 #: Seeing one case (detail, timeline): its site's supervisors and whoever may read its study.
 SEE_CASE = dict(admin=ALL, ai_engine=ALL, site_admin=SITE, technologist=SITE, radiologist=REL,
                 referring_clinician=REL, consultant=REL)
+#: Commenting on a case one sees (comments.write): everyone who sees it except AI engines.
+COMMENT_ON_CASE = dict(admin=ALL, site_admin=SITE, technologist=SITE, radiologist=REL, referring_clinician=REL,
+                       consultant=REL)
 #: Supervising cases (reassign, cancel, reroute, dry run, exception queue): admins, site admins of the case's site.
 SUPERVISE = dict(admin=ALL, site_admin=SITE)
 #: Work that only the reader holding the claim may do (the fixture's related cases are claimed by the radiologist).
@@ -141,6 +144,14 @@ CLAIM_HOLDER = dict(radiologist=REL)
 #: Storing instances (STOW-RS) into an existing study: storers of its site, readers of its case.
 STORE_INTO = dict(admin=ALL, site_admin=SITE, technologist=SITE, partner=EMPTY, modality=SITE, radiologist=REL)
 STORE_NEW = dict(admin=ALLOW, site_admin=ALLOW, technologist=ALLOW, partner=ALLOW, modality=ALLOW, radiologist=ALLOW)
+#: Drawing on a study's images (annotations.write): the radiologists and consultants who may read it.
+ANNOTATE = dict(radiologist=REL | PRIORS, consultant=REL | PRIORS)
+#: The matrix radiologist chairs and attends the own conference (tests/collab/authz_resources.py).
+ATTENDS = Access("attends", True, frozenset({"own"}))
+#: The matrix partner sent the own referral (tests/collab/authz_resources.py).
+SUBMITTER = Access("submitter", True, frozenset({"own"}))
+#: Changing a conference: its organiser or chair, and the supervisors of its site.
+MANAGE_CONFERENCE = dict(admin=ALL, site_admin=SITE, radiologist=ATTENDS)
 SEARCH_ALL = dict(admin=ALL, ai_engine=ALL, site_admin=SITE, technologist=SITE, radiologist=REL | PRIORS,
                   referring_clinician=REL, consultant=REL | PRIORS, partner=EMPTY)
 
@@ -151,6 +162,8 @@ EXPECTATIONS: dict[str, Route] = {
     "GET /readyz": route(**everyone(anonymous=ALLOW)),
     # -- accounts --------------------------------------------------------------------------------------------
     "GET /api/v1/me": route(**everyone()),
+    "GET /api/v1/events": route(notes="one's own live stream; each event is filtered by policy.can_see_case",
+                                **everyone()),
     # -- sign-in and one's own session (browser routes use the session cookie, a new one per request) -----
     "POST /api/v1/auth/login": route(notes="signing in is open to anyone with a password",
                                      **everyone(anonymous=ALLOW)),
@@ -257,6 +270,87 @@ EXPECTATIONS: dict[str, Route] = {
     "GET /api/v1/exceptions": route(listing="exception", **SUPERVISE),
     "POST /api/v1/exceptions/{item_id}/resolve": route("exception", **SUPERVISE),
     "POST /api/v1/studies/{study_uid}/ai-findings": route("study", admin=ALL, ai_engine=ALL),
+    # -- consults, second opinions, second reads, peer review (a consult's or review's own case id; the
+    # fixture's cases are primary reads, so the routes on a consult or review reach none of them) ---------------
+    "POST /api/v1/cases/{case_id}/consults": route("case", admin=ALL, site_admin=SITE, radiologist=REL,
+                                                   referring_clinician=REL),
+    "GET /api/v1/cases/{case_id}/consults": route("case", **SEE_CASE),
+    "GET /api/v1/consults": route(notes="consults asked of or by the caller", **everyone()),
+    "GET /api/v1/consults/{case_id}": route("case", **{r: EMPTY for r in MATRIX_ROLES if r != ANONYMOUS}),
+    "POST /api/v1/consults/{case_id}/accept": route("case", radiologist=EMPTY, consultant=EMPTY),
+    "POST /api/v1/consults/{case_id}/answer": route("case", radiologist=EMPTY, consultant=EMPTY),
+    "POST /api/v1/peer-reviews/{case_id}/accept": route("case", admin=EMPTY, site_admin=EMPTY, radiologist=EMPTY),
+    "POST /api/v1/peer-reviews/{case_id}/score": route("case", admin=EMPTY, site_admin=EMPTY, radiologist=EMPTY),
+    "GET /api/v1/peer-reviews/mine": route(notes="reviews of one's own reads, reviewer withheld",
+                                           admin=ALLOW, site_admin=ALLOW, radiologist=ALLOW),
+    "GET /api/v1/peer-reviews": route(admin=ALLOW, site_admin=ALLOW),
+    "GET /api/v1/peer-reviews/summary": route(admin=ALLOW, site_admin=ALLOW),
+    # -- image annotations: whoever reads the study sees them; radiologists and consultants draw ------------
+    "GET /api/v1/studies/{study_uid}/annotations": route("study", **READ_STUDY),
+    "POST /api/v1/studies/{study_uid}/annotations": route("study", **ANNOTATE),
+    "POST /api/v1/studies/{study_uid}/annotations/export": route(
+        "study", notes="422 for a study without annotations still means 'let through'", **READ_STUDY),
+    "GET /api/v1/annotations/{annotation_id}": route("annotation", **READ_STUDY),
+    "GET /api/v1/annotations/{annotation_id}/history": route("annotation", **READ_STUDY),
+    "PUT /api/v1/annotations/{annotation_id}": route("annotation", **ANNOTATE),
+    "DELETE /api/v1/annotations/{annotation_id}": route("annotation", **ANNOTATE),
+    # -- conferences (tumour boards, MDT): organisers, chairs, attendees and the site's supervisors ----------
+    "POST /api/v1/conferences": route(notes="at a site where the caller may organise them (the caller's own)",
+                                      admin=ALLOW, site_admin=ALLOW, radiologist=ALLOW),
+    "GET /api/v1/conferences": route(notes="the sessions one attends, organises or supervises", **everyone()),
+    "GET /api/v1/conferences/{conference_id}": route("conference", **MANAGE_CONFERENCE),
+    "POST /api/v1/conferences/{conference_id}/cases": route("conference", **MANAGE_CONFERENCE),
+    "POST /api/v1/conferences/{conference_id}/attendees": route("conference", **MANAGE_CONFERENCE),
+    "POST /api/v1/conferences/{conference_id}/check-in": route(
+        "conference", notes="attendees only; 409 outside the session's time", radiologist=ATTENDS),
+    "POST /api/v1/conferences/{conference_id}/cases/{case_id}/presented": route(
+        "conference", notes="the chair only; 409 before the session", radiologist=ATTENDS),
+    "POST /api/v1/conferences/{conference_id}/cases/{case_id}/decision": route(
+        "conference", notes="the chair only; 409 before the session", radiologist=ATTENDS),
+    # -- referrals: partners submit and follow their own; the receiving site's managers answer ----------------
+    "POST /api/v1/referrals": route(partner=ALLOW),
+    "GET /api/v1/referrals": route(notes="one's own (partners), one's sites' (managers)",
+                                   admin=ALLOW, site_admin=ALLOW, partner=ALLOW),
+    "GET /api/v1/referrals/{referral_id}": route("referral", admin=ALL, site_admin=SITE, partner=SUBMITTER),
+    "POST /api/v1/referrals/{referral_id}/accept": route("referral", admin=ALL, site_admin=SITE),
+    "POST /api/v1/referrals/{referral_id}/decline": route("referral", admin=ALL, site_admin=SITE),
+    # -- critical results (collab/critical_api.py) ------------------------------------------------------------
+    "GET /api/v1/critical-levels": route(**everyone()),
+    "POST /api/v1/cases/{case_id}/critical-results": route("case", notes="readers flag findings on cases they see",
+                                                           radiologist=REL),
+    "GET /api/v1/cases/{case_id}/critical-results": route("case", **SEE_CASE),
+    "GET /api/v1/critical-results": route(notes="those addressed to the caller", **everyone()),
+    "GET /api/v1/critical-results/{result_id}": route("critical", **SEE_CASE),
+    "POST /api/v1/critical-results/{result_id}/acknowledge": route(
+        "critical", notes="the clinician told (ordering / referring physician), their delegate, an escalation "
+        "recipient", referring_clinician=REL),
+    "GET /api/v1/me/critical-delegate": route(referring_clinician=ALLOW),
+    "PUT /api/v1/me/critical-delegate": route(notes="422 in the fixture: nobody there may acknowledge for them",
+                                              referring_clinician=ALLOW),
+    "DELETE /api/v1/me/critical-delegate": route(referring_clinician=ALLOW),
+    # -- comments (collab/comments_api.py); the fixture comment is the caller's own ------------------------
+    "GET /api/v1/cases/{case_id}/comments": route("case", **SEE_CASE),
+    "POST /api/v1/cases/{case_id}/comments": route("case", **COMMENT_ON_CASE),
+    "PUT /api/v1/comments/{comment_id}": route("comment", notes="one's own comment", **COMMENT_ON_CASE),
+    "DELETE /api/v1/comments/{comment_id}": route("comment", notes="one's own (supervisors: any of their sites)",
+                                                  **COMMENT_ON_CASE),
+    "GET /api/v1/comments/{comment_id}/revisions": route("comment", **SEE_CASE),
+    # -- reports (collab/reports_api.py): whoever sees the case reads it (signed versions unless they write
+    # reports); only the case's reader drafts and signs; the matrix sends no If-Match, so allowed writes
+    # answer 428 and change nothing ---------------------------------------------------------------------------
+    "GET /api/v1/report-templates": route(notes="templates hold no patient data", **everyone()),
+    "GET /api/v1/cases/{case_id}/report-template": route("case", **SEE_CASE),
+    "GET /api/v1/cases/{case_id}/report": route("case", **SEE_CASE),
+    "PUT /api/v1/cases/{case_id}/report": route("case", **CLAIM_HOLDER),
+    "POST /api/v1/cases/{case_id}/report/sign": route("case", **CLAIM_HOLDER),
+    "POST /api/v1/cases/{case_id}/report/addenda": route(
+        "case", notes="any reader who may sign and sees the case; 428/409 in the fixture", radiologist=REL),
+    "GET /api/v1/cases/{case_id}/report/versions": route("case", **SEE_CASE),
+    "GET /api/v1/cases/{case_id}/report/diff": route("case", notes="409 without versions", **SEE_CASE),
+    "GET /api/v1/cases/{case_id}/report/fhir": route("case", notes="409 until signed", **SEE_CASE),
+    "GET /api/v1/cases/{case_id}/report/hl7": route("case", notes="409 until signed", **SEE_CASE),
+    "GET /api/v1/cases/{case_id}/report/html": route("case", notes="409 until signed", **SEE_CASE),
+    "GET /api/v1/cases/{case_id}/report/pdf": route("case", notes="409 until signed", **SEE_CASE),
     # -- DICOMweb: QIDO-RS -----------------------------------------------------------------------------------
     "GET /dicomweb/studies": route(listing="study", **SEARCH_ALL),
     "GET /dicomweb/series": route(listing="study", **SEARCH_ALL),

@@ -25,6 +25,8 @@ from readingroom.config import load_settings
 from readingroom.governance.auth import forget_cached_credentials
 from readingroom.runtime import Runtime
 from readingroom.workflow.rulestore import BUILTIN_RULES
+from tests.collab import authz_fixtures as critical_comments
+from tests.collab import authz_resources as collab_resources
 from tests.governance.authz_expectations import EXPECTATIONS, PENDING_SCOPING, Route
 from tests.governance.authz_world import (
     ANONYMOUS,
@@ -46,10 +48,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     forget_cached_credentials()
     db_url, db_name = create_test_database()
     base = tmp_path_factory.mktemp("authz")
-    rt = Runtime.open(load_settings(base / "data", database_url=db_url, stable_age_seconds=1))
+    # Every request comes from one address: the per-address sign-in rate limit (tested in
+    # test_login_protection.py) would answer 429 to most sign-in, password and code cells.
+    rt = Runtime.open(load_settings(base / "data", database_url=db_url, stable_age_seconds=1,
+                                    login_rate_per_minute=1_000_000))
     try:
-        with TestClient(create_app(rt)) as client:
-            yield build_world(rt, base / "files", lambda _rt: client)
+        # Server errors become 500 answers, judged like any other cell (and listed with them).
+        with TestClient(create_app(rt), raise_server_exceptions=False) as client:
+            yield build_world(rt, base / "files", client)
     finally:
         rt.close()
         drop_test_database(db_name)
@@ -106,6 +112,21 @@ def _membership(world: World, role: str, target: str) -> dict[str, Any]:
     return {"username": world.readers[target], "site_code": world.site_code(target)}
 
 
+def _annotation(world: World, role: str, target: str) -> dict[str, Any]:
+    """A fresh point annotation on the target study's instance (an edit or delete consumes its version)."""
+    from readingroom.clock import utcnow
+    from readingroom.collab.annotations_models import Annotation
+
+    ref, now = world.studies[target], utcnow()
+    with world.rt.db.session() as s:
+        row = Annotation(study_uid=ref.study_uid, series_uid=ref.series_uid, sop_uid=ref.sop_uid, frame=1,
+                         kind="point", points=[[1.0, 1.0]], label="", measurements={}, author="matrix",
+                         updated_by="matrix", created_at=now, updated_at=now, version=1)
+        s.add(row)
+        s.flush()
+        return {"annotation_id": row.id}
+
+
 #: How a fixture resource fills a path: resource kind -> (world, calling role, target) -> path parameter values.
 #: Resources a request may consume (delete, release, revoke) are made fresh for every request.
 PATH_VALUES: dict[str, Callable[[World, str, str], dict[str, Any]]] = {
@@ -124,6 +145,11 @@ PATH_VALUES: dict[str, Callable[[World, str, str], dict[str, Any]]] = {
     "share": lambda w, r, t: {"share_id": w.fresh_share(t, creator=w.owner(r, t))[0]},
     "share_link": _share_link,
     "locked_share_link": lambda w, r, t: _share_link(w, r, t, locked=True),
+    "critical": critical_comments.fresh_critical,
+    "comment": critical_comments.fresh_comment,
+    "annotation": _annotation,
+    "conference": collab_resources.conference,
+    "referral": collab_resources.referral,
 }
 
 
@@ -190,6 +216,12 @@ BODIES: dict[str, Callable[[World, str, str | None], dict[str, Any]]] = {
     "POST /api/v1/cases/{case_id}/reassign": lambda w, r, t: {"json": {"to": "radiologist", "reason": "matrix"}},
     "POST /api/v1/cases/{case_id}/cancel": lambda w, r, t: {"json": {"reason": "matrix"}},
     "POST /api/v1/exceptions/{item_id}/resolve": lambda w, r, t: {"json": {"reason": "matrix"}},
+    "POST /api/v1/cases/{case_id}/consults": lambda w, r, t: {"json": {"question": "matrix consult"}},
+    "POST /api/v1/consults/{case_id}/answer": lambda w, r, t: {"json": {"text": "matrix answer"}},
+    "PUT /api/v1/cases/{case_id}/report": lambda w, r, t: {"json": {"sections": {"findings": "matrix"}}},
+    "POST /api/v1/cases/{case_id}/report/sign": lambda w, r, t: {"json": {"status": "final"}},
+    "POST /api/v1/cases/{case_id}/report/addenda": lambda w, r, t: {"json": {"text": "matrix addendum"}},
+    "POST /api/v1/peer-reviews/{case_id}/score": lambda w, r, t: {"json": {"score": "1"}},
     "POST /api/v1/studies/{study_uid}/ai-findings": lambda w, r, t: {"json": {"finding_code": "ICH",
                                                                               "positive": False}},
     "POST /api/v1/access/break-glass": lambda w, r, t: {"json": {
@@ -205,8 +237,20 @@ BODIES: dict[str, Callable[[World, str, str | None], dict[str, Any]]] = {
     "POST /api/v1/retention/holds": lambda w, r, t: {"json": {"study_uid": w.studies[t or "own"].study_uid,
                                                                "reason": "matrix hold"}},
     "POST /api/v1/retention/run": lambda w, r, t: {"json": {"dry_run": True}},
+    "POST /api/v1/studies/{study_uid}/annotations": lambda w, r, t: {"json": {
+        "series_uid": w.studies[t or "own"].series_uid, "sop_uid": w.studies[t or "own"].sop_uid, "kind": "point",
+        "points": [[1, 1]]}},
+    "PUT /api/v1/annotations/{annotation_id}": lambda w, r, t: {"json": {"version": 1, "label": "matrix"}},
+    "DELETE /api/v1/annotations/{annotation_id}": lambda w, r, t: {"params": {"version": 1}},
+    "POST /api/v1/studies/{study_uid}/annotations/export": lambda w, r, t: {"json": {"format": "gsps"}},
+    "POST /api/v1/cases/{case_id}/critical-results": lambda w, r, t: {"json": {
+        "category": "matrix", "level": "1", "finding": "matrix finding"}},
+    "PUT /api/v1/me/critical-delegate": lambda w, r, t: {"json": {"delegate": "reader_a"}},
+    "POST /api/v1/cases/{case_id}/comments": lambda w, r, t: {"json": {"body": "matrix comment"}},
+    "PUT /api/v1/comments/{comment_id}": lambda w, r, t: {"json": {"body": "matrix edit"}},
     "POST /dicomweb/studies": _stow,
     "POST /dicomweb/studies/{study}": _stow,
+    **collab_resources.BODIES,
 }
 
 
@@ -234,10 +278,22 @@ def send(world: World, role: str, call: Call, credentials: str) -> httpx.Respons
     if "Cookie" in kwargs.get("headers", {}) and "Cookie" in auth:
         headers["Cookie"] = f"{kwargs['headers']['Cookie']}; {auth['Cookie']}"
     kwargs["headers"] = headers
-    return world.client.request(call.method, call.url, follow_redirects=False, **kwargs)
+    # Streamed so an endless answer (the live events stream) does not hang the matrix: only its status
+    # and headers are judged.
+    with world.client.stream(call.method, call.url, follow_redirects=False, **kwargs) as response:
+        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            response.read()
+    return response
 
 
 # -- judging one cell ----------------------------------------------------------------------------------------
+
+
+def _text(response: httpx.Response) -> str:
+    try:
+        return response.text
+    except httpx.ResponseNotRead:
+        return f"<{response.headers.get('content-type', 'stream')}>"
 
 
 def _has_results(response: httpx.Response) -> bool:
@@ -257,7 +313,7 @@ def judge(expect: Route, role: str, target: str | None, response: httpx.Response
     access = expect.access_of(role)
     want = access.allowed and (target is None or target in access.targets)
     status = response.status_code
-    detail = response.text[:120].replace("\n", " ")
+    detail = _text(response)[:120].replace("\n", " ")
     if status >= 500:
         return f"server error {status}: {detail}"
     if role == ANONYMOUS and not want:

@@ -86,6 +86,11 @@ class LiveHub:
         with self._lock:
             self._subscribers.discard(sub)
 
+    def connected(self, user_id: int) -> bool:
+        """Whether ``user_id`` has a stream open on this process (for notification records)."""
+        with self._lock:
+            return any(s.principal.user_id == user_id for s in self._subscribers)
+
     def since(self, last_id: int) -> list[LiveEvent]:
         with self._lock:
             return [e for e in self._recent if e.id > last_id]

@@ -71,6 +71,8 @@ class CaseOut(BaseModel):
     escalation_step: int
     version: int
     created_at: datetime
+    kind: str = Field("read", description="read, or a child read: consult, second_opinion, second_read, peer_review")
+    parent_case_id: int | None = Field(None, description="The case a child read is about")
 
 
 class EventOut(BaseModel):
@@ -97,7 +99,8 @@ def _case_out(row: Any) -> CaseOut:
                    flags=case.flags or [], state=case.state, mode=case.mode, rule_id=case.rule_id,
                    required_subspecialty=case.required_subspecialty, assignee=case.assignee,
                    claimed_by=case.claimed_by, deadline=case.deadline, escalation_step=case.escalation_step,
-                   version=case.version, created_at=case.created_at)
+                   version=case.version, created_at=case.created_at, kind=case.kind,
+                   parent_case_id=case.parent_case_id)
 
 
 def _actor(p: Principal) -> Actor:
@@ -203,11 +206,17 @@ def heartbeat(case_id: int, rt: RuntimeDep, p: Reader) -> None:
 
 @router.post("/cases/{case_id}/complete", response_model=CaseOut, responses=CONFLICT)
 def complete_case(case_id: int, rt: RuntimeDep, p: Reader) -> CaseOut:
-    """Mark the read done (the reports issue replaces this with signing a final report)."""
+    """Mark a read done whose report lives elsewhere (RIS, dictation); a case with a report completes by
+    signing it final (POST /cases/{id}/report/sign), so here it answers 409."""
+    from readingroom.collab.reports import has_unsigned_report
+
     def do(s: Any) -> Case:
         case = get_case(s, case_id)
         if case.claimed_by != p.user_id:
             raise NotEligible("only the reader who claimed the case can complete it")
+        if has_unsigned_report(s, case_id):
+            raise IllegalTransition("completed", case.state, "this case has a report: sign it final to complete "
+                                    "the read (POST /api/v1/cases/{id}/report/sign)")
         return transition(s, case_id, "completed", _actor(p))
     return _act(rt, case_id, do)
 

@@ -36,6 +36,9 @@ from readingroom.workflow.routing import dry_run, route
 from readingroom.workflow.rulestore import active_rules
 from readingroom.workflow.states import OPEN_STATES, CaseState
 
+#: Priority sources that routing keeps (an order, a supervisor, an AI finding, the requester of a child read).
+EXPLICIT_PRIORITY = ("order", "admin", "ai", "request")
+
 
 def load_sites(session: Session) -> tuple[dict[str, SiteFacts], dict[int, str]]:
     """Sites as routing facts keyed by code, and site id -> code."""
@@ -103,7 +106,8 @@ def load_loads(session: Session, ids: dict[str, int]) -> dict[str, ReaderLoad]:
 
 
 def case_facts(case: Case, site_codes: dict[int, str]) -> CaseFacts:
-    explicit = case.priority_source in ("order", "admin", "ai")
+    explicit = case.priority_source in EXPLICIT_PRIORITY
+    request = case.routing_request or {}
     return CaseFacts(
         case_id=str(case.id), site=site_codes.get(case.site_id or -1, ""), modality=case.modality or "",
         ready_at=case.ready_at or case.created_at, body_part=case.body_part or "", description=case.description or "",
@@ -111,6 +115,9 @@ def case_facts(case: Case, site_codes: dict[int, str]) -> CaseFacts:
         patient_age_years=case.patient_age_years, flags=frozenset(case.flags or []),
         order={k: str(v) for k, v in (case.order_fields or {}).items()},
         ordering_physician=case.ordering_physician or "", rvu=case.rvu, pool_widened=case.pool_widened,
+        conflicted_readers=frozenset(request.get("exclude") or ()),
+        required_subspecialties=frozenset(request.get("subspecialties") or ()),
+        named_readers=frozenset(request.get("readers") or ()), sla_minutes=request.get("sla_minutes"),
     )
 
 
@@ -182,7 +189,7 @@ def route_case(session: Session, case_id: int, *, actor: Actor = SYSTEM, reason:
         exceptions.resolve_for_case(session, case_id, actor=actor.name, resolution="routed")
     transition(session, case_id, "routed", actor, data=explanation, values={
         "priority": decision.priority.value, "priority_rank": decision.sort_priority.rank,
-        "priority_source": case.priority_source if case.priority_source in ("order", "admin", "ai")
+        "priority_source": case.priority_source if case.priority_source in EXPLICIT_PRIORITY
         else decision.priority_source,
         "mode": decision.mode.value, "rule_id": decision.rule_id or "", "rules_version": version,
         "required_subspecialty": ",".join(sorted(decision.required_subspecialties)),

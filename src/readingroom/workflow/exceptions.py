@@ -15,7 +15,7 @@ from readingroom.clock import utcnow
 from readingroom.workflow.models import ExceptionItem
 
 KINDS = ("no_eligible_reader", "unreadable_study", "incomplete_study", "order_mismatch", "stuck_case",
-         "failed_delivery", "protocol_mismatch")
+         "failed_delivery", "protocol_mismatch", "referral_overdue")
 
 
 class ExceptionNotFound(LookupError):

@@ -170,6 +170,11 @@ class CaseFacts:
     conflicted_readers: frozenset[str] = frozenset()
     rvu: float = 1.0
     pool_widened: bool = False
+    #: A child read's request (consult, second opinion, peer review): subspecialties required on top of
+    #: the rules', a named expert who alone may take it (push), and its own SLA in minutes.
+    required_subspecialties: frozenset[str] = frozenset()
+    named_readers: frozenset[str] = frozenset()
+    sla_minutes: float | None = None
 
     def __post_init__(self) -> None:
         setter = object.__setattr__
@@ -184,3 +189,5 @@ class CaseFacts:
             setter(self, "priority", Priority(self.priority))
         setter(self, "ordering_physician", self.ordering_physician.strip())
         setter(self, "conflicted_readers", frozenset(x.casefold() for x in _frozen(self.conflicted_readers)))
+        setter(self, "required_subspecialties", _frozen(self.required_subspecialties, "lower"))
+        setter(self, "named_readers", _frozen(self.named_readers))

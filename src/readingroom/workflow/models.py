@@ -121,6 +121,16 @@ class Case(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: 'read' (a study's primary read) or a child read asked about a parent case: 'consult',
+    #: 'second_opinion', 'second_read', 'peer_review' (collab.children). Children carry no study or
+    #: patient of their own: access to the parent's images comes only from the AccessGrant the
+    #: collaboration module manages, so it ends when the child is answered.
+    kind: Mapped[str] = mapped_column(String(16), default="read", server_default="read")
+    parent_case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), nullable=True,
+                                                       index=True)
+    #: What the requester of a child read asked of routing, on top of the rules: ``subspecialties``,
+    #: ``readers`` (a named expert), ``exclude`` (e.g. the original reader), ``sla_minutes``.
+    routing_request: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
 
 
 class CaseEvent(Base):

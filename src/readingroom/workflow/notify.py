@@ -24,7 +24,8 @@ class Notification:
 
 
 class Notifier(Protocol):
-    def send(self, note: Notification) -> None: ...
+    def send(self, note: Notification) -> bool | None:
+        """Deliver ``note``; True/False says whether it got through (None: not known)."""
 
 
 class LogNotifier:
@@ -34,10 +35,11 @@ class LogNotifier:
         self.sent: list[Notification] = []
         self._keep = keep
 
-    def send(self, note: Notification) -> None:
+    def send(self, note: Notification) -> bool:
         log.warning("notify %s -> %s: %s", note.kind, ",".join(note.recipients) or "-", note.subject)
         self.sent.append(note)
         del self.sent[: -self._keep]
+        return True
 
 
 class WebhookNotifier:
@@ -46,14 +48,20 @@ class WebhookNotifier:
     def __init__(self, url: str, timeout: float = 5.0) -> None:
         self.url, self.timeout = url, timeout
 
-    def send(self, note: Notification) -> None:
+    def send(self, note: Notification) -> bool:
+        """POST the note; False (and a log line) if the receiver is unreachable or answers an error."""
         import httpx
 
         try:
-            httpx.post(self.url, json={"kind": note.kind, "recipients": list(note.recipients),
-                                       "subject": note.subject, "data": note.data}, timeout=self.timeout)
+            response = httpx.post(self.url, json={"kind": note.kind, "recipients": list(note.recipients),
+                                                  "subject": note.subject, "data": note.data}, timeout=self.timeout)
         except httpx.HTTPError as exc:
             log.error("webhook %s failed: %s", self.url, exc)
+            return False
+        if response.is_error:
+            log.error("webhook %s answered %s", self.url, response.status_code)
+            return False
+        return True
 
 
 class FanOut:

@@ -75,7 +75,7 @@ def route(
     aging = rules.aging.get(priority)
     if aging is not None and waited >= aging.after_minutes:
         sort_priority = aging.becomes
-    sla_minutes = actions.sla_minutes[priority]
+    sla_minutes = case.sla_minutes or actions.sla_minutes[priority]
     deadline = case.ready_at + timedelta(minutes=sla_minutes)
     ladder = tuple(
         EscalationPoint(
@@ -90,7 +90,7 @@ def route(
     needs = Needs(
         site=site,
         priority=priority,
-        subspecialties=actions.subspecialties,
+        subspecialties=actions.subspecialties | case.required_subspecialties,
         qualifications=actions.qualifications,
         sites_allowed=actions.sites_allowed,
         ordering_physician=case.ordering_physician.casefold(),
@@ -110,9 +110,13 @@ def route(
     membership: list[int] = []
     base_eligible = 0
     check, in_base = assessor.check, base_pool.admits
+    named = case.named_readers
     for reader in readers:
         reasons = check(reader, loads.get(reader.username, NO_LOAD))
-        member = 1 if in_base(reader) else 0
+        if named:  # a named expert replaces the pools: only they may take it
+            member = 1 if reader.username in named else 0
+        else:
+            member = 1 if in_base(reader) else 0
         if overflow_pool is not None and overflow_pool.admits(reader):
             member |= 2
         if member & 1 and not reasons:
@@ -130,7 +134,10 @@ def route(
             widened_by = f"unclaimed for {waited:.0f} min (overflow after {overflow.after_minutes:g} min)"
         elif overflow.when_pool_empty and base_eligible == 0:
             widened_by = f"nobody eligible in pool {pool_text}"
-    if overflow is None or case.pool_widened:
+    if named:
+        overflow, widened_by = None, None
+        not_in_pool = Exclusion(Reason.NOT_IN_POOL, f"not the named reader ({', '.join(sorted(named))})")
+    elif overflow is None or case.pool_widened:
         not_in_pool = Exclusion(Reason.NOT_IN_POOL, f"not in pool {pool_text}")
     elif widened_by is None:
         not_in_pool = Exclusion(
@@ -148,7 +155,7 @@ def route(
     ranked: list[tuple[int, float, float, str]] = []
     prefer = actions.prefer_subspecialties
     admitted = 3 if widened_by is not None else 1  # membership bits that count
-    widen_all = widened_by is not None and case.pool_widened
+    widen_all = widened_by is not None and case.pool_widened and not named
     for reader, reasons, member in zip(readers, reasons_of, membership, strict=True):
         if not (member & admitted or widen_all):
             reasons.append(not_in_pool)
@@ -164,7 +171,8 @@ def route(
     eligible = tuple(r[3] for r in ranked)
 
     assignee = second = None
-    if actions.mode is Mode.PUSH and ranked:
+    mode = Mode.PUSH if named else actions.mode
+    if mode is Mode.PUSH and ranked:
         assignee = ranked[0][3]
         if actions.second_reader and len(ranked) > 1:
             second = ranked[1][3]
@@ -179,8 +187,8 @@ def route(
         priority=priority,
         priority_source=priority_source,
         sort_priority=sort_priority,
-        mode=actions.mode,
-        required_subspecialties=actions.subspecialties,
+        mode=mode,
+        required_subspecialties=needs.subspecialties,
         required_qualifications=actions.qualifications,
         second_reader=actions.second_reader,
         sla_deadline=deadline,
@@ -210,6 +218,10 @@ def route(
     )
     if selection.trace is not None:
         decision.explanation["rules_trace"] = list(selection.trace)
+    if named or case.required_subspecialties or case.sla_minutes:
+        decision.explanation["request"] = {"named_readers": sorted(named),
+                                           "subspecialties": sorted(case.required_subspecialties),
+                                           "sla_minutes": sla_minutes}
     return decision
 
 

@@ -40,6 +40,11 @@ TRANSITIONS: dict[str, tuple[frozenset[CaseState], CaseState | None]] = {
     "preliminary": (frozenset({S.CLAIMED}), S.PRELIMINARY),
     "completed": (frozenset({S.CLAIMED, S.PRELIMINARY}), S.FINAL),
     "addended": (frozenset({S.FINAL}), None),
+    # Reports (collab/reports.py): signing the final is how a read with a report completes.
+    "report.drafted": (frozenset({S.CLAIMED, S.PRELIMINARY}), None),
+    "report.preliminary": (frozenset({S.CLAIMED, S.PRELIMINARY}), S.PRELIMINARY),
+    "report.final": (frozenset({S.CLAIMED, S.PRELIMINARY}), S.FINAL),
+    "report.addended": (frozenset({S.FINAL}), None),
     "cancelled": (OPEN_STATES, S.CANCELLED),
     "escalated": (_ACTIVE, None),
     "overflowed": (frozenset({S.AVAILABLE}), None),
