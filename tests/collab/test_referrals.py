@@ -18,8 +18,7 @@ from readingroom.clock import FrozenClock, set_clock
 from readingroom.collab.referrals import flag_overdue
 from readingroom.collab.referrals_models import Referral, ReferralEvent
 from readingroom.governance import audit, policy
-from readingroom.governance.models import AuditRecord
-from readingroom.governance.models import Site
+from readingroom.governance.models import AuditRecord, Site
 from readingroom.governance.users import create_token, create_user, get_user
 from readingroom.workflow import jobs
 from readingroom.workflow.cases import Actor, claim, transition

@@ -39,16 +39,19 @@ def _out(p: object) -> PeerOut:
 
 
 @router.get("/peers", response_model=list[PeerOut])
-def list_peers(rt: RuntimeDep, _p: PeersAdmin) -> list[PeerOut]:
-    """Configured DICOM peers."""
+def list_peers(rt: RuntimeDep, principal: PeersAdmin) -> list[PeerOut]:
+    """Configured DICOM peers (a site admin: the peers of its sites)."""
+    sites = policy.sites_where(principal, policy.PEERS_ADMIN)
     with rt.db.read_session() as s:
-        return [_out(p) for p in peers.list_peers(s)]
+        return [_out(p) for p in peers.list_peers(s) if sites is None or p.site_id in sites]
 
 
 @router.post("/peers", response_model=PeerOut, status_code=201,
              responses={409: error_response("A peer with this name exists")})
 def add_peer(body: PeerIn, rt: RuntimeDep, principal: PeersAdmin) -> PeerOut:
     """Register a DICOM peer (allowed caller and C-MOVE/send destination; ``tls``: call it over DICOM TLS)."""
+    if not policy.at_site(principal, policy.PEERS_ADMIN, body.site_id):
+        raise HTTPException(status_code=403, detail="you may only register peers of the sites you administer")
     with rt.db.session() as s:
         try:
             p = peers.add_peer(s, **body.model_dump(), actor=principal.username)
@@ -63,6 +66,9 @@ def add_peer(body: PeerIn, rt: RuntimeDep, principal: PeersAdmin) -> PeerOut:
 def remove_peer(name: str, rt: RuntimeDep, principal: PeersAdmin) -> None:
     """Forget a DICOM peer."""
     with rt.db.session() as s:
+        found = next((p for p in peers.list_peers(s) if p.name == name), None)
+        if found is not None and not policy.at_site(principal, policy.PEERS_ADMIN, found.site_id):
+            raise HTTPException(status_code=403, detail="this peer belongs to a site you do not administer")
         try:
             peers.remove_peer(s, name, actor=principal.username)
         except peers.PeerError as exc:

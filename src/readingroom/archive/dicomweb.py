@@ -422,6 +422,12 @@ def _problem(status: int, reason: str) -> JSONResponse:
 async def _stow(request: Request, rt: Runtime, principal: Principal, bg: BackgroundTasks,
                 study_uid: str | None) -> Response:
     body = request.stream()
+    if study_uid is not None:
+        with rt.db.read_session() as s:
+            may = policy.can_store_to_study(s, principal, study_uid)
+        if not may:
+            await _drain(body)
+            return _problem(403, "not allowed to add instances to this study")
     try:
         parts = await stow.receive(rt, body, request.headers.get("content-type"),
                                    request.headers.get("content-length"))

@@ -299,6 +299,43 @@ def at_site(principal: Principal, action: str, site_id: int | None) -> bool:
     return sites is None or (site_id is not None and site_id in sites)
 
 
+#: Roles that add instances to any study of their sites (acquisition, site administration).
+SITE_WIDE_STORE_ROLES = frozenset({"admin", "site_admin", "technologist", "modality"})
+
+
+def can_store_to_study(session: Session, principal: Principal, study_uid: str) -> bool:
+    """Whether ``principal`` may add instances to a study: a new study, one of a site where it stores
+    site-wide (technologists, modalities, site admins), or one it may read (a reader's routed case).
+
+    Appending to a study re-opens it for everyone who reads it, so a partner or
+    a reader cannot slip images into another site's (or an unrelated) study.
+    """
+    from readingroom.archive.models import Study
+
+    if not allowed(principal, ARCHIVE_STORE):
+        return False
+    site = session.execute(select(Study.site_id).where(Study.study_uid == study_uid)).first()
+    if site is None or principal.role == "admin":
+        return True
+    if site[0] is not None and site[0] in principal.site_ids and principal.roles_at(site[0]) & SITE_WIDE_STORE_ROLES:
+        return True
+    return can_read_study(session, principal, study_uid)
+
+
+def exceptions_scope(principal: Principal) -> ColumnElement[bool] | None:
+    """SQL condition on ``ExceptionItem`` for supervisors: None = all, else items of their sites' cases/studies."""
+    from readingroom.archive.models import Study
+    from readingroom.workflow.models import Case, ExceptionItem
+
+    sites = sites_where(principal, CASES_ADMIN)
+    if sites is None:
+        return None
+    if not sites:
+        return false()
+    return or_(ExceptionItem.case_id.in_(select(Case.id).where(Case.site_id.in_(sorted(sites)))),
+               ExceptionItem.study_uid.in_(select(Study.study_uid).where(Study.site_id.in_(sorted(sites)))))
+
+
 def visible_cases(principal: Principal) -> ColumnElement[bool] | None:
     """SQL condition on ``Case`` for case lists of supervisors: None = all, else their sites' cases."""
     from readingroom.workflow.models import Case

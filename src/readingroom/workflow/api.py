@@ -31,7 +31,7 @@ from readingroom.workflow.cases import (
     transition,
 )
 from readingroom.workflow.dispatch import decide, route_case
-from readingroom.workflow.models import Case, CaseCandidate, CasePrior
+from readingroom.workflow.models import Case, CaseCandidate, CasePrior, ExceptionItem
 from readingroom.workflow.readers import ReaderError, get_reader, set_reader
 from readingroom.workflow.rules import RulesError
 from readingroom.workflow.rulestore import active_version, list_versions, replace_rules
@@ -183,7 +183,10 @@ def case_detail(case_id: int, rt: RuntimeDep, p: PrincipalDep, request: Request)
 @router.post("/cases/{case_id}/claim", response_model=CaseOut, responses=CONFLICT)
 def claim_case(case_id: int, rt: RuntimeDep, p: Reader) -> CaseOut:
     """Claim a case; exactly one reader succeeds, the others get 409."""
-    return _act(rt, case_id, lambda s: claim(s, case_id, _actor(p)))
+    def do(s: Any) -> Case:
+        _visible_case(s, case_id, p)  # no relationship: 403, and nothing about the case's state
+        return claim(s, case_id, _actor(p))
+    return _act(rt, case_id, do)
 
 
 class ReasonIn(BaseModel):
@@ -200,6 +203,7 @@ def release_case(case_id: int, rt: RuntimeDep, p: Reader, body: ReasonIn | None 
 def heartbeat(case_id: int, rt: RuntimeDep, p: Reader) -> None:
     """Activity on a claimed case, so the claim does not time out while the reader works."""
     with rt.db.session() as s:
+        _visible_case(s, case_id, p)
         if not touch(s, case_id, p.user_id):
             raise HTTPException(409, "you do not hold a claim on this case")
 
@@ -421,18 +425,22 @@ class ExceptionOut(BaseModel):
 
 
 @router.get("/exceptions", response_model=list[ExceptionOut])
-def list_exceptions(rt: RuntimeDep, _p: Supervisor, state: str | None = "open",
+def list_exceptions(rt: RuntimeDep, p: Supervisor, state: str | None = "open",
                     kind: str | None = None) -> list[ExceptionOut]:
     """The exception queue: no eligible reader, unreadable or incomplete studies, stuck cases."""
     with rt.db.read_session() as s:
-        return [ExceptionOut.model_validate(i, from_attributes=True) for i in exq.list_items(s, state=state,
-                                                                                            kind=kind)]
+        items = exq.list_items(s, state=state, kind=kind, scope=policy.exceptions_scope(p))
+        return [ExceptionOut.model_validate(i, from_attributes=True) for i in items]
 
 
 @router.post("/exceptions/{item_id}/resolve", response_model=ExceptionOut)
 def resolve_exception(item_id: int, body: ReasonIn, rt: RuntimeDep, p: Supervisor) -> ExceptionOut:
     try:
         with rt.db.session() as s:
+            scope = policy.exceptions_scope(p)
+            if scope is not None and s.scalar(select(ExceptionItem.id).where(
+                    ExceptionItem.id == item_id, scope)) is None:
+                raise exq.ExceptionNotFound(f"no exception item {item_id} at a site you supervise")
             item = exq.resolve(s, item_id, actor=p.username, resolution=body.reason)
             return ExceptionOut.model_validate(item, from_attributes=True)
     except (exq.ExceptionNotFound, ValueError) as exc:

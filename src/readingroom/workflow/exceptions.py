@@ -8,7 +8,7 @@ seconds does not flood the queue.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from readingroom.clock import utcnow
@@ -38,8 +38,11 @@ def raise_item(session: Session, *, kind: str, reason: str, case_id: int | None 
 
 
 def list_items(session: Session, *, state: str | None = "open", kind: str | None = None,
-               limit: int = 200) -> list[ExceptionItem]:
+               limit: int = 200, scope: ColumnElement[bool] | None = None) -> list[ExceptionItem]:
+    """Items of the queue, newest first; ``scope`` limits them (a site supervisor's sites)."""
     q = select(ExceptionItem)
+    if scope is not None:
+        q = q.where(scope)
     if state:
         q = q.where(ExceptionItem.state == state)
     if kind:
