@@ -52,13 +52,15 @@ class ErrorOut(BaseModel):
 
 
 def error_response(description: str) -> dict[str, Any]:
-    """A documented error answer for a route's ``responses={status: ...}``: the reason, as ErrorOut."""
-    return {"model": ErrorOut, "description": description}
+    """A documented error answer for a route's ``responses={status: ...}``: the reason, as ErrorOut in JSON.
 
-
-def _error(description: str) -> dict[str, Any]:
+    The media type is explicit: with ``"model"`` FastAPI would document the error under the route's own
+    media type (text/html for an HTML page), while errors are always JSON. The ErrorOut schema itself is
+    added to the document by :func:`install_error_docs`.
+    """
     return {"description": description,
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ERROR_SCHEMA}"}}}}
+
 
 
 def _depends_on(dependant: Dependant, calls: tuple[Callable[..., Any], ...]) -> bool:
@@ -102,17 +104,17 @@ def api_routes(app: FastAPI) -> Iterator[APIRoute]:
 
 def common_errors(route: APIRoute, authenticated: bool) -> dict[str, dict[str, Any]]:
     """The answers ``route`` can give whatever its handler does."""
-    errors = {"503": _error("The database is unavailable; retry after the Retry-After seconds")}
+    errors = {"503": error_response("The database is unavailable; retry after the Retry-After seconds")}
     if authenticated:
-        errors["401"] = _error("No, malformed, expired or revoked credentials (WWW-Authenticate says which kinds)")
-        errors["403"] = _error("Authenticated, but not allowed: role, site, relationship, token scope or CSRF")
+        errors["401"] = error_response("No, malformed, expired or revoked credentials (see WWW-Authenticate)")
+        errors["403"] = error_response("Authenticated, but not allowed: role, site, relationship, token scope or CSRF")
     path, query = _params(route.dependant)
     if path:
-        errors["404"] = _error("No such resource, or none the caller may know of")
+        errors["404"] = error_response("No such resource, or none the caller may know of")
     if route.body_field:
-        errors["400"] = _error("The body cannot be parsed (not JSON, or not the declared media type)")
+        errors["400"] = error_response("The body cannot be parsed (not JSON, or not the declared media type)")
     if path or query or route.body_field:
-        errors["422"] = _error("Invalid input: a message, or the list of fields in error")
+        errors["422"] = error_response("Invalid input: a message, or the list of fields in error")
     return errors
 
 
@@ -129,7 +131,9 @@ def install_error_docs(app: FastAPI, *authenticate: Callable[..., Any]) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
-        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        doc = get_openapi(title=app.title, version=app.version, openapi_version=app.openapi_version,
+                          summary=app.summary, description=app.description, routes=app.routes,
+                          tags=app.openapi_tags, servers=app.servers)
         components = doc.setdefault("components", {})
         components.setdefault("schemas", {}).setdefault(
             ERROR_SCHEMA, ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}"))

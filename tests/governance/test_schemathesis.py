@@ -10,7 +10,7 @@ that operations which declare authentication refuse a request without it.
 
 It runs schemathesis' own command line (``python -m schemathesis.cli``), the
 interface schemathesis keeps stable; its pytest plugin does not work with
-pytest 9. Bounded to well under two minutes: few examples per operation, a
+pytest 9. Bounded to about a minute and a half on an idle machine: five examples per operation, a
 fixed seed (a failure reproduces), no shrinking. See docs/security/testing.md.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tests.support.servers import ServerInfo
 
-MAX_EXAMPLES = 8
+MAX_EXAMPLES = 5
 SEED = 20_250_401
 CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance",
           "response_headers_conformance", "response_schema_conformance", "ignored_auth")
@@ -36,6 +36,10 @@ EXCLUDED = {
     # tests/interop/test_dicomweb.py; the authorisation matrix covers who may store.
     "POST /dicomweb/studies",
     "POST /dicomweb/studies/{study}",
+    # The live events stream (text/event-stream) never ends by design; schemathesis reads whole bodies and
+    # would wait for its request timeout on every example. Its authorisation is in the matrix, its events in
+    # tests/collab.
+    "GET /api/v1/events",
 }
 
 
@@ -53,8 +57,12 @@ def test_api_conforms_to_its_openapi_document(server_factory: Callable[..., Serv
     with info.client() as client:
         r = client.post("/api/v1/users", json={"username": username, "password": password, "role": "admin"})
         assert r.status_code == 201, r.text
+    # The coverage phase would also try every unlisted HTTP method on every path: FastAPI answers those 405
+    # itself, and leaving them out keeps the run to about a minute.
+    config = tmp_path / "schemathesis.toml"
+    config.write_text("[phases.coverage]\nunexpected-methods = []\n")
     command = [
-        sys.executable, "-m", "schemathesis.cli", "run", f"{info.base_url}/openapi.json",
+        sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run", f"{info.base_url}/openapi.json",
         "--auth", f"{username}:{password}",
         "--checks", ",".join(CHECKS),
         "--phases", "examples,coverage,fuzzing",

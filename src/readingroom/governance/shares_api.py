@@ -42,7 +42,8 @@ _HTML = {"text/html": {"schema": {"type": "string"}}}
 
 def _refusal(description: str) -> dict[str, Any]:
     """A refusal of the public routes: JSON for programs, a small page for browsers (Accept: text/html)."""
-    return {**error_response(description), "content": _HTML}
+    answer = error_response(description)
+    return {**answer, "content": {**answer["content"], **_HTML}}
 
 
 #: What the public routes answer when a link does not open (documented in the OpenAPI document).
