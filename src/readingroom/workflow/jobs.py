@@ -75,6 +75,10 @@ def intake(rt: Runtime, batch: int = 200) -> list[int]:
                 exceptions.raise_item(s, kind="unreadable_study", study_uid=study_uid,
                                       reason="case creation or routing failed; see the server log")
         s.execute(update(ConsumerOffset).where(ConsumerOffset.name == INTAKE).values(position=position))
+    from readingroom.collab import live  # the collaboration layer sits above the worklist
+
+    for case_id in created:  # after commit: the new case appears on its readers' live worklists
+        live.publish(rt, "case.new", {}, case_id=case_id)
     return created
 
 
