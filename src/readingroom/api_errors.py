@@ -153,7 +153,9 @@ def install_error_docs(app: FastAPI, *authenticate: Callable[..., Any]) -> None:
                 responses = op.setdefault("responses", {})
                 for status, answer in errors.items():
                     if status == "422" and status in responses:
-                        responses[status] = {**answer, "description": responses[status]["description"]}
+                        if "application/json" in responses[status].get("content", {"application/json": {}}):
+                            # (a route answering in its own media type, e.g. FHIR's OperationOutcome, keeps it)
+                            responses[status] = {**answer, "description": responses[status]["description"]}
                     elif status not in responses:
                         responses[status] = answer
         app.openapi_schema = doc

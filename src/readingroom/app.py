@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 def create_app(rt: Runtime) -> FastAPI:
     """The HTTP side: health, REST API under /api/v1, DICOMweb under /dicomweb."""
+    from readingroom.analytics import api as analytics_api
     from readingroom.archive import api as archive_api
     from readingroom.archive import dicomweb
     from readingroom.collab import live
@@ -86,6 +87,7 @@ def create_app(rt: Runtime) -> FastAPI:
     _add_sign_in(app)
     app.include_router(archive_api.router, prefix="/api/v1")
     app.include_router(workflow_api.router, prefix="/api/v1")
+    app.include_router(analytics_api.router, prefix="/api/v1")
     app.include_router(live.router, prefix="/api/v1")
     app.include_router(retention_api.router, prefix="/api/v1")
     app.include_router(shares_api.router, prefix="/api/v1")
@@ -113,6 +115,9 @@ def create_app(rt: Runtime) -> FastAPI:
     app.include_router(critical_api.router, prefix="/api/v1")
     app.include_router(comments_api.router, prefix="/api/v1")
     app.include_router(dicomweb.router, prefix="/dicomweb")
+    from readingroom.interop import wiring
+
+    wiring.include_routers(app, rt)
     install_input_error_handlers(app)
     install_error_docs(app, governance_api.current_principal, governance_api.pending_principal)
     return app
@@ -170,6 +175,9 @@ def build_scheduler(rt: Runtime) -> Scheduler:
     from readingroom.governance.audit_jobs import add_audit_jobs
 
     add_audit_jobs(scheduler, rt)  # audit-seal (hash chain) and audit-syslog (ATNA forwarding)
+    from readingroom.interop import wiring
+
+    wiring.add_jobs(scheduler, rt)  # outbox delivery, forwarding, priors
     return scheduler
 
 
@@ -191,6 +199,9 @@ def serve(rt: Runtime, *, dimse: bool = True) -> None:
     if dimse_server:
         dimse_server.start()
     scheduler.start()
+    from readingroom.interop import wiring
+
+    listeners = wiring.start_listeners(rt)  # HL7 MLLP
     app = create_app(rt)
     # Everything built so far lives as long as the process: keep it out of the
     # cyclic collector's full passes (each one otherwise walks ~150k objects with
@@ -208,6 +219,8 @@ def serve(rt: Runtime, *, dimse: bool = True) -> None:
         )
     finally:
         scheduler.stop()
+        for listener in listeners:
+            listener.stop()
         if dimse_server:
             dimse_server.stop()
         audit.flush(rt.db)

@@ -13,14 +13,19 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from readingroom.cli_support import DataDir, console, err
+from readingroom.cli_support import cli_actor as _cli_actor
+from readingroom.cli_support import fail as _fail
+from readingroom.cli_support import open_runtime as _runtime
 from readingroom.config import Settings, load_settings
 from readingroom.governance.audit_cli import audit_app
 from readingroom.governance.auth_cli import register as register_auth_commands
 from readingroom.governance.retention_cli import retention_app
+from readingroom.interop import golive_cli
+from readingroom.interop.procedures_cli import procedures_app
 from readingroom.runtime import Runtime
 
 app = typer.Typer(help="ReadingRoom: medical imaging collaboration across sites.", no_args_is_help=True)
@@ -34,22 +39,13 @@ app.add_typer(peer_app, name="peer")
 app.add_typer(db_app, name="db")
 app.add_typer(retention_app, name="retention")
 app.add_typer(audit_app, name="audit")
+app.add_typer(procedures_app, name="procedures")
 
-console = Console()
-err = Console(stderr=True)
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Data directory (default ./readingroom-data or READINGROOM_DATA_DIR)"),
-]
 
 
 def _settings(data_dir: Path | None, **overrides: object) -> Settings:
     return load_settings(data_dir, **overrides)
-
-
-def _runtime(data_dir: Path | None, **overrides: object) -> Runtime:
-    return Runtime.open(_settings(data_dir, **overrides))
 
 
 def _progress() -> Progress:
@@ -73,21 +69,6 @@ def _site_id(session: object, code: str | None) -> int | None:
     if found is None:
         raise _fail(f"no site with code {code!r}")
     return found.id
-
-
-def _cli_actor() -> str:
-    """The audit actor of a CLI change: the operating-system account that ran it."""
-    import getpass
-
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):  # no passwd entry (containers)
-        return "cli"
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code)
 
 
 @app.command()
@@ -241,16 +222,6 @@ def check(
         raise typer.Exit(1)
 
 
-def _cli_actor() -> str:
-    """Who ran a CLI command, for the audit trail (the CLI acts with the data directory's full trust)."""
-    import getpass
-
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:
-        return "cli"
-
-
 @user_app.command("add")
 def user_add(
     username: str,
@@ -310,6 +281,7 @@ def token_create(
 
 
 register_auth_commands(user_app, token_app)  # token list|revoke, user unlock|reset-2fa|sign-out
+golive_cli.register(peer_app, _runtime, _cli_actor)  # peer test (interop/golive.py)
 
 
 @peer_app.command("add")

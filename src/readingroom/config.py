@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     )
     dicom_port: int = 11112
     aet: str = "READINGROOM"
-    hl7_port: int = 2575
+    hl7_port: int = Field(default=2575, description="HL7 v2 MLLP port for inbound orders and ADT (0 disables)")
     accept_unknown_aets: bool = Field(
         default=False, description="Accept associations from calling AE titles that are not configured peers"
     )
@@ -136,6 +136,47 @@ class Settings(BaseSettings):
         default=0.05, ge=0.0, le=1.0, description="Share of final reads sampled for peer review (per case, stable)")
     consult_access_grace_hours: float = Field(
         default=24.0, ge=0.0, description="How long a consultant keeps access to a case after answering")
+    # -- interop outbox (interop/outbox.py) ------------------------------------------------------------------
+    outbox_interval_seconds: float = Field(default=2.0, gt=0, description="How often the outbox delivers due work")
+    outbox_backoff_base_seconds: float = Field(
+        default=5.0, gt=0, description="Wait after a destination's first failed attempt; doubles per attempt")
+    outbox_backoff_max_seconds: float = Field(
+        default=600.0, gt=0, description="Longest wait between two attempts of one outbox item")
+    outbox_alert_after_attempts: int = Field(
+        default=5, ge=1, description="Failed attempts after which an item raises a 'failed_delivery' exception item "
+        "(it keeps being retried)")
+    outbox_lease_seconds: float = Field(
+        default=120.0, gt=0, description="How long a worker holds an item it is delivering; an expired lease "
+        "(a crashed worker) is taken over")
+    outbox_batch: int = Field(default=100, ge=1, description="Most items one outbox run delivers")
+    hl7_connect_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Outbound MLLP: connect timeout (a destination's options may override it)")
+    hl7_ack_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Outbound MLLP: how long to wait for the ACK (options may override it)")
+    # -- order reconciliation and patient identity (interop/reconcile.py, identity.py) -------------------------
+    reconcile_window_hours: float = Field(
+        default=24.0, gt=0, description="An order without accession match links to a study of the same patient and "
+        "procedure when it was requested at most this many hours before the study")
+    reconcile_overdue_hours: float = Field(
+        default=0.0, ge=0, description="An active order whose study has not come after this many hours raises an "
+        "'order_overdue' exception item (0: off)")
+    identity_match_rules: list[Literal["id_issuer", "demographics", "id_only"]] = Field(
+        default_factory=lambda: ["id_issuer", "demographics"], description="Rules that link patient records across "
+        "issuers for a person to confirm: id_issuer (same ID and issuer up to case and spacing: 'match'), "
+        "demographics (same name, birth date and sex: 'possible'), id_only (same ID, other issuer: 'possible')")
+    # -- forwarding, priors, go-live validation (interop/forwarding.py, priors.py, golive.py) -----------------
+    prior_fetch_max_studies: int = Field(
+        default=3, ge=0, description="Prior fetching: at most this many of a patient's earlier studies are C-MOVEd "
+        "from each prior-source PACS for a new case (newest first)")
+    prior_fetch_lookback_days: int = Field(
+        default=1825, ge=0, description="Prior fetching: only studies at most this many days old (0: any age)")
+    golive_test_instances: int = Field(
+        default=6, ge=1, le=200, description="Go-live validation: instances in the synthetic test study "
+        "(512x512 CT, about 0.5 MB each)")
+    # -- canonical procedures (interop/procedures.py) ----------------------------------------------------------
+    procedures_import_max_bytes: int = Field(
+        default=5_000_000, ge=1, description="Largest procedure / mapping CSV the API accepts (bigger: 413); "
+        "the CLI has no limit")
     log_level: str = "INFO"
 
     @classmethod

@@ -183,4 +183,5 @@ def import_all_models() -> None:
     import readingroom.archive.models
     import readingroom.collab.models
     import readingroom.governance.models
+    import readingroom.interop.models
     import readingroom.workflow.models  # noqa: F401

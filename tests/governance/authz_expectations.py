@@ -102,7 +102,8 @@ class Route:
 
 
 _TARGETS = {"study": STUDY_TARGETS, "case": CASE_TARGETS, "token": PERSONAL_TARGETS, "session": PERSONAL_TARGETS,
-            "share": PERSONAL_TARGETS, "annotation": STUDY_TARGETS}
+            "share": PERSONAL_TARGETS, "annotation": STUDY_TARGETS, "fhir_patient": STUDY_TARGETS,
+            "fhir_report": STUDY_TARGETS}
 
 
 def route(resource: str | None = None, *, listing: str | None = None, search: bool = False,
@@ -157,6 +158,15 @@ SUBMITTER = Access("submitter", True, frozenset({"own"}))
 MANAGE_CONFERENCE = dict(admin=ALL, site_admin=SITE, radiologist=ATTENDS)
 SEARCH_ALL = dict(admin=ALL, ai_engine=ALL, site_admin=SITE, technologist=SITE, radiologist=REL | PRIORS,
                   referring_clinician=REL, consultant=REL | PRIORS, partner=EMPTY)
+
+#: FHIR Patient: the patient of any study, case or order one sees (other_prior's patient is other_related's).
+FHIR_PATIENT = dict(admin=ALL, ai_engine=ALL, site_admin=SITE, technologist=SITE, radiologist=REL | PRIORS,
+                    referring_clinician=REL | PRIORS, consultant=REL | PRIORS, partner=EMPTY)
+#: FHIR searches whose content the route's own tests check: every role that reads the archive.
+FHIR_READERS = dict(admin=ALLOW, ai_engine=ALLOW, site_admin=ALLOW, technologist=ALLOW, radiologist=ALLOW,
+                    referring_clinician=ALLOW, consultant=ALLOW, partner=ALLOW)
+#: FHIR Task search: the cases one sees (policy.seeable_cases, the set twin of can_see_case).
+FHIR_TASKS = dict(SEE_CASE, partner=EMPTY)
 
 
 EXPECTATIONS: dict[str, Route] = {
@@ -381,6 +391,106 @@ EXPECTATIONS: dict[str, Route] = {
         "study", **READ_STUDY),
     "GET /dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frame_list}/thumbnail": route(
         "study", **READ_STUDY),
+    # -- orders (interop/orders_api.py): a site's supervisors and technologists see its orders, a referring
+    # clinician the ones they placed (the fixture's are placed by someone else); orders.write places them --------
+    "GET /api/v1/orders": route(notes="content scoped (tests/interop/test_orders_api.py)", **everyone()),
+    "GET /api/v1/orders/{order_id}": route("order", admin=ALL, ai_engine=ALL, site_admin=SITE, technologist=SITE),
+    "POST /api/v1/orders": route(notes="an order for the caller's own site", admin=ALLOW, site_admin=ALLOW,
+                                 referring_clinician=ALLOW),
+    "PUT /api/v1/orders/{order_id}": route("order", admin=ALL, site_admin=SITE),
+    "POST /api/v1/orders/{order_id}/cancel": route("order", admin=ALL, site_admin=SITE),
+    # -- forwarding rules and go-live validation (interop/forwarding_api.py, golive_api.py): interop.admin; a site
+    # admin reaches the rules whose destination is of their sites and the peers of their sites --------------------
+    "GET /api/v1/interop/forwarding-rules": route(notes="content scoped by destination site", admin=ALLOW,
+                                                  site_admin=ALLOW),
+    "POST /api/v1/interop/forwarding-rules": route(notes="to a destination of the caller's sites", admin=ALLOW,
+                                                   site_admin=ALLOW),
+    "PUT /api/v1/interop/forwarding-rules/{rule_id}": route("forwarding_rule", admin=ALL, site_admin=SITE),
+    "DELETE /api/v1/interop/forwarding-rules/{rule_id}": route("forwarding_rule", admin=ALL, site_admin=SITE),
+    "GET /api/v1/interop/forwarding": route(notes="a study of the caller's sites (study_uid query)", admin=ALLOW,
+                                            site_admin=ALLOW),
+    "POST /api/v1/interop/forwarding": route(notes="a study and destination of the caller's sites", admin=ALLOW,
+                                             site_admin=ALLOW),
+    "POST /api/v1/peers/{name}/validations": route("peer", notes="runs the go-live checklist (fails fast: the "
+                                                   "fixture peer's port is closed)", admin=ALL, site_admin=SITE),
+    "GET /api/v1/peers/{name}/validations": route("peer", admin=ALL, site_admin=SITE),
+    # -- patient identity and duplicate reports (interop/identity_api.py): interop.admin; a site admin reaches the
+    # patients with a study or an order at their sites, and the duplicate reports of their sites' studies -------
+    "GET /api/v1/patients/{patient_pk}/links": route("patient", admin=ALL, site_admin=SITE),
+    "GET /api/v1/interop/identity/links": route(notes="content scoped (tests/interop/test_identity.py)",
+                                                admin=ALLOW, site_admin=ALLOW),
+    "POST /api/v1/interop/identity/links/{link_id}/confirm": route("patient_link", admin=ALL, site_admin=SITE),
+    "POST /api/v1/interop/identity/links/{link_id}/reject": route("patient_link", admin=ALL, site_admin=SITE),
+    "GET /api/v1/interop/duplicates": route(notes="content scoped (tests/interop/test_identity.py)", admin=ALLOW,
+                                            site_admin=ALLOW),
+    # -- outbound destinations, their health and the outbox (interop/destinations_api.py, outbox_api.py):
+    # interop.admin; a site admin reaches the destinations of their sites and those destinations' outbox items
+    # (others answer 404), a network-wide destination is the admin's alone ------------------------------------
+    "GET /api/v1/interop/destinations": route(notes="content scoped by site (tests/interop/test_outbox_api.py)",
+                                              admin=ALLOW, site_admin=ALLOW),
+    "POST /api/v1/interop/destinations": route(notes="at a site the caller administers", admin=ALLOW,
+                                               site_admin=ALLOW),
+    "GET /api/v1/interop/destinations/{name}": route("destination", admin=ALL, site_admin=SITE),
+    "PATCH /api/v1/interop/destinations/{name}": route("destination", admin=ALL, site_admin=SITE),
+    "DELETE /api/v1/interop/destinations/{name}": route("destination", admin=ALL, site_admin=SITE),
+    "GET /api/v1/interop/destinations/{name}/health": route("destination", admin=ALL, site_admin=SITE),
+    "GET /api/v1/interop/health": route(notes="content scoped by site", admin=ALLOW, site_admin=ALLOW),
+    "GET /api/v1/interop/outbox": route(notes="content scoped by the destination's site", admin=ALLOW,
+                                        site_admin=ALLOW),
+    "GET /api/v1/interop/outbox/{item_id}": route("outbox_item", admin=ALL, site_admin=SITE),
+    "POST /api/v1/interop/outbox/{item_id}/retry": route("outbox_item", admin=ALL, site_admin=SITE),
+    "POST /api/v1/interop/outbox/{item_id}/cancel": route("outbox_item", admin=ALL, site_admin=SITE),
+    # -- canonical procedures (interop/procedures_api.py): a catalogue without patient data every signed-in user
+    # reads; network admins change it; mappings are interop.admin, a site admin's limited to their sites' scope
+    # (the network-wide '*' ones are visible to them, not theirs to change) ------------------------------------
+    "GET /api/v1/procedures": route(notes="the catalogue, no patient data", **everyone()),
+    "POST /api/v1/procedures": route(admin=ALLOW),
+    "GET /api/v1/procedures/{code}": route("procedure", **everyone()),
+    "PUT /api/v1/procedures/{code}": route("procedure", admin=ALL),
+    "DELETE /api/v1/procedures/{code}": route("procedure", admin=ALL),
+    "GET /api/v1/procedure-mappings": route(notes="content scoped (tests/interop/test_procedures.py)",
+                                            admin=ALLOW, site_admin=ALLOW),
+    "POST /api/v1/procedure-mappings": route("procedure_scope", notes="a mapping scoped to the target's site",
+                                             admin=ALL, site_admin=SITE),
+    "DELETE /api/v1/procedure-mappings/{mapping_id}": route("procedure_mapping", admin=ALL, site_admin=SITE),
+    "POST /api/v1/procedure-mappings/import": route("procedure_scope", notes="a CSV row scoped to the target's "
+                                                    "site", admin=ALL, site_admin=SITE),
+    "GET /api/v1/procedure-mappings/unmapped": route(notes="content scoped (tests/interop/test_procedures.py)",
+                                                     admin=ALLOW, site_admin=ALLOW),
+    # -- FHIR R4 (interop/fhir.py): the REST API's principals and scoping; reads need archive.read, then each
+    # resource shows what its REST twin would (ImagingStudy = QIDO, Task = the case, ServiceRequest = the order,
+    # Communication = the critical result); a Patient is seen through any visible study, case or order --------
+    "GET /fhir/metadata": route(notes="the CapabilityStatement, no patient data", **everyone(anonymous=ALLOW)),
+    "GET /fhir/Patient": route(listing="fhir_patient", **FHIR_PATIENT),
+    "GET /fhir/Patient/{patient_pk}": route("fhir_patient", **FHIR_PATIENT),
+    "GET /fhir/ImagingStudy": route(listing="study", **SEARCH_ALL),
+    "GET /fhir/ImagingStudy/{study}": route("study", **READ_STUDY),
+    "GET /fhir/ServiceRequest": route(notes="content scoped as GET /api/v1/orders (tests/interop/test_fhir.py)",
+                                      **FHIR_READERS),
+    "GET /fhir/ServiceRequest/{order_id}": route("order", admin=ALL, ai_engine=ALL, site_admin=SITE,
+                                                 technologist=SITE),
+    "POST /fhir/ServiceRequest": route(notes="an order for the caller's own site", admin=ALLOW, site_admin=ALLOW,
+                                       referring_clinician=ALLOW),
+    "PUT /fhir/ServiceRequest/{order_id}": route("order", notes="status revoked: cancels the order",
+                                                 admin=ALL, site_admin=SITE),
+    "GET /fhir/DiagnosticReport": route(notes="signed reports of the cases one sees; none in the fixture's "
+                                        "reach but other_prior's", **FHIR_READERS),
+    "GET /fhir/DiagnosticReport/{report_id}": route("fhir_report", let_through=(404,),
+                                                    notes="only signed reports exist (404 for the others)",
+                                                    **READ_STUDY),
+    "GET /fhir/Task": route(listing="case", **FHIR_TASKS),
+    "GET /fhir/Task/{case_id}": route("case", **SEE_CASE),
+    "PUT /fhir/Task/{case_id}": route("case", notes="status in-progress = claim: as POST /cases/{id}/claim",
+                                      admin=ALL, site_admin=SITE, radiologist=REL),
+    "GET /fhir/Communication": route(notes="critical results of the cases one sees", **FHIR_READERS),
+    "GET /fhir/Communication/{result_id}": route("critical", **SEE_CASE),
+    # -- turnaround analytics (analytics/api.py): analytics.read; a site admin's figures count only their sites'
+    # cases (tests/analytics/test_turnaround.py) ---------------------------------------------------------------
+    "GET /api/v1/analytics/stages": route(notes="the stage list, no case data", admin=ALLOW, site_admin=ALLOW),
+    "GET /api/v1/analytics/turnaround": route(notes="content scoped by site", admin=ALLOW, site_admin=ALLOW),
+    "GET /api/v1/analytics/queue-depth": route(notes="content scoped by site", admin=ALLOW, site_admin=ALLOW),
+    "GET /api/v1/analytics/readers": route(notes="content scoped by site", admin=ALLOW, site_admin=ALLOW),
+    "GET /api/v1/analytics/export": route(notes="content scoped by site", admin=ALLOW, site_admin=ALLOW),
     # -- DICOMweb: STOW-RS -----------------------------------------------------------------------------------
     "POST /dicomweb/studies": route(notes="a new study of the caller's site", **STORE_NEW),
     "POST /dicomweb/studies/{study}": route("study", notes="an instance added to an existing study",

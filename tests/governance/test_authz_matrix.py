@@ -27,6 +27,8 @@ from readingroom.runtime import Runtime
 from readingroom.workflow.rulestore import BUILTIN_RULES
 from tests.collab import authz_fixtures as critical_comments
 from tests.collab import authz_resources as collab_resources
+from tests.governance import authz_fhir as fhir_resources
+from tests.governance import authz_interop as interop_resources
 from tests.governance.authz_expectations import EXPECTATIONS, PENDING_SCOPING, Route
 from tests.governance.authz_world import (
     ANONYMOUS,
@@ -150,6 +152,16 @@ PATH_VALUES: dict[str, Callable[[World, str, str], dict[str, Any]]] = {
     "annotation": _annotation,
     "conference": collab_resources.conference,
     "referral": collab_resources.referral,
+    "order": interop_resources.fresh_order,
+    **fhir_resources.PATH_VALUES,
+    "forwarding_rule": interop_resources.fresh_forwarding_rule,
+    "destination": interop_resources.fresh_destination,
+    "outbox_item": interop_resources.fresh_outbox_item,
+    "patient": interop_resources.patient,
+    "patient_link": interop_resources.fresh_patient_link,
+    "procedure": interop_resources.fresh_procedure,
+    "procedure_scope": interop_resources.procedure_scope,
+    "procedure_mapping": interop_resources.fresh_procedure_mapping,
 }
 
 
@@ -188,6 +200,16 @@ def _form(**fields: str) -> Callable[[World, str, str | None], dict[str, Any]]:
 
 #: Request bodies of the routes that need one: route -> (world, calling role, target) -> httpx keyword arguments.
 BODIES: dict[str, Callable[[World, str, str | None], dict[str, Any]]] = {
+    "POST /api/v1/procedures": lambda w, r, t: {"json": {"code": w.unique("MX-"), "name": "Matrix procedure"}},
+    "PUT /api/v1/procedures/{code}": lambda w, r, t: {"json": {"name": "Renamed by the matrix"}},
+    "POST /api/v1/procedure-mappings": interop_resources.procedure_mapping_body,
+    "POST /api/v1/procedure-mappings/import": interop_resources.procedure_import_body,
+    "POST /api/v1/orders": interop_resources.order_body,
+    "PUT /api/v1/orders/{order_id}": interop_resources.order_body,
+    "POST /api/v1/orders/{order_id}/cancel": lambda w, r, t: {"json": {"reason": "matrix"}},
+    "PUT /api/v1/interop/forwarding-rules/{rule_id}": lambda w, r, t: {"json": {"enabled": False}},
+    "POST /api/v1/interop/destinations": interop_resources.destination_body,
+    "PATCH /api/v1/interop/destinations/{name}": lambda w, r, t: {"json": {"enabled": False}},
     "POST /api/v1/auth/login": lambda w, r, t: {"json": {"username": "reader_a" if r == ANONYMOUS else r,
                                                          "password": password_of("reader_a" if r == ANONYMOUS
                                                                                  else r)}},
@@ -251,6 +273,7 @@ BODIES: dict[str, Callable[[World, str, str | None], dict[str, Any]]] = {
     "POST /dicomweb/studies": _stow,
     "POST /dicomweb/studies/{study}": _stow,
     **collab_resources.BODIES,
+    **fhir_resources.BODIES,
 }
 
 
@@ -333,6 +356,8 @@ def judge(expect: Route, role: str, target: str | None, response: httpx.Response
 def _listed(world: World, kind: str, response: httpx.Response) -> set[str]:
     """The fixture targets that appear in a listing."""
     items = response.json()
+    if isinstance(items, dict) and items.get("resourceType") == "Bundle":
+        return fhir_resources.listed(world, kind, items)
     if kind == "study":
         by_uid = {ref.study_uid: name for name, ref in world.studies.items()}
         uids = {i.get(STUDY_UID_TAG, {}).get("Value", [None])[0] for i in items}

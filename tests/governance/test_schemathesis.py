@@ -22,6 +22,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.support.servers import ServerInfo
 
 MAX_EXAMPLES = 5
@@ -43,6 +45,7 @@ EXCLUDED = {
 }
 
 
+@pytest.mark.timeout(1500)  # every operation of the API (~250): minutes, more on a busy machine or PostgreSQL
 def test_api_conforms_to_its_openapi_document(server_factory: Callable[..., ServerInfo], tmp_path: Path) -> None:
     # Every request comes from 127.0.0.1, so the per-address login rate limit and the lockout after failed
     # logins (both tested in test_login_protection.py) are lifted here.
@@ -74,7 +77,7 @@ def test_api_conforms_to_its_openapi_document(server_factory: Callable[..., Serv
     ]
     for operation in sorted(EXCLUDED):
         command += ["--exclude-name", operation]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    run = subprocess.run(command, capture_output=True, text=True, timeout=1400, cwd=tmp_path)
     assert run.returncode == 0, (
         f"schemathesis found problems (seed {SEED}; JUnit report {tmp_path / 'schemathesis.xml'}):\n"
         + run.stdout[-20_000:] + run.stderr[-2_000:] + "\n--- server log ---\n" + info.log()[-4_000:])

@@ -165,6 +165,7 @@ def make_server(base_dir: Path, *, start: bool = True, **overrides: Any) -> Serv
     values: dict[str, Any] = {
         "port": port,
         "dicom_port": dicom_port,
+        "hl7_port": free_port(),  # never the default 2575: servers of parallel tests would collide
         "stable_age_seconds": 2,
         "scheduler_interval_seconds": 0.5,
         "log_level": "WARNING",

@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from readingroom.archive.models import Patient, Series, Study
+from readingroom.archive.models import DomainEvent, Patient, Series, Study
 from readingroom.archive.parsing import ParsedInstance
 
 
@@ -43,10 +43,12 @@ def _int(ds: Any, keyword: str) -> int | None:
         return None
 
 
-def upsert_patient(session: Session, p: ParsedInstance, now: datetime) -> int:
+def upsert_patient(session: Session, p: ParsedInstance, now: datetime, default_issuer: str = "") -> int:
+    """The patient row of an instance; ``default_issuer`` (its site's) when it names no Issuer of Patient ID,
+    since a bare Patient ID means nothing across sites (interop.identity)."""
     ds = p.dataset
     pid = _text(ds, "PatientID")
-    issuer = _text(ds, "IssuerOfPatientID")
+    issuer = _text(ds, "IssuerOfPatientID") or default_issuer[:64]
     values = {
         "patient_id": pid,
         "issuer": issuer,
@@ -58,9 +60,17 @@ def upsert_patient(session: Session, p: ParsedInstance, now: datetime) -> int:
         "updated_at": now,
     }
     session.execute(insert_for(session, Patient).values(**values).on_conflict_do_nothing())
-    return session.scalars(
-        select(Patient.id).where(Patient.patient_id == pid, Patient.issuer == issuer)
+    pk, merged_into = session.execute(
+        select(Patient.id, Patient.merged_into_pk).where(Patient.patient_id == pid, Patient.issuer == issuer)
     ).one()
+    # A record an ADT^A40 merged away: new images of it belong to the surviving record.
+    seen = {pk}
+    while merged_into is not None and merged_into not in seen:
+        seen.add(merged_into)
+        pk, merged_into = session.execute(
+            select(Patient.id, Patient.merged_into_pk).where(Patient.id == merged_into)
+        ).one()
+    return pk
 
 
 def upsert_study(
@@ -85,6 +95,23 @@ def upsert_study(
     }
     session.execute(insert_for(session, Study).values(**values).on_conflict_do_nothing())
     return session.scalars(select(Study.id).where(Study.study_uid == p.study_uid)).one()
+
+
+#: Domain event: an instance of a known study arrived from another site than the study's (duplicate-study
+#: detection in interop.duplicates reports it; the archive keeps the instance as received).
+STUDY_OTHER_SITE = "study.other_site"
+
+
+def note_study_site(session: Session, study_pk: int, site_id: int | None, source: str, now: datetime) -> None:
+    """Record a domain event when the study was first received from another site than ``site_id``."""
+    if site_id is None:
+        return
+    row = session.execute(select(Study.study_uid, Study.site_id).where(Study.id == study_pk)).first()
+    if row is None or row.site_id is None or row.site_id == site_id:
+        return
+    session.add(DomainEvent(kind=STUDY_OTHER_SITE, subject=row.study_uid, created_at=now,
+                            payload={"study_site_id": row.site_id, "site_id": site_id, "source": source[:128]}))
+    session.flush()
 
 
 def upsert_series(session: Session, p: ParsedInstance, study_pk: int) -> tuple[int, bool]:

@@ -26,13 +26,21 @@ from sqlalchemy.orm import Session
 from readingroom.archive import index
 from readingroom.archive.attributes import first_value
 from readingroom.archive.blobs import blob_key, copy_to_staging
-from readingroom.archive.ingest_batch import ID_CACHE, Pending, audit_values, group_for, index_batch, instance_values
+from readingroom.archive.ingest_batch import (
+    ID_CACHE,
+    Pending,
+    audit_values,
+    group_for,
+    index_batch,
+    instance_values,
+    series_cache_key,
+)
 from readingroom.archive.models import IngestConflict, Instance
 from readingroom.archive.parsing import InvalidInstance, ParsedInstance, parse_and_hash
 from readingroom.clock import utcnow
 from readingroom.governance import audit
 from readingroom.governance.models import AuditRecord
-from readingroom.governance.sites import site_for_institution
+from readingroom.governance.sites import issuer_for_site, site_for_institution
 from readingroom.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -180,14 +188,15 @@ def _index(
     now = utcnow()
     values = instance_values(p, sha, key, now, source)
     with rt.db.session() as s:
-        cache_key = f"{rt.db.url}|{p.series_uid}"
+        if site_id is None:
+            site_id = site_for_institution(rt, str(first_value(p.metadata, "00080080", "") or ""))
+        cache_key = series_cache_key(rt, site_id, p.series_uid)
         known = ID_CACHE.get(cache_key)
         new_series = False
         if known is None:
-            if site_id is None:
-                site_id = site_for_institution(rt, str(first_value(p.metadata, "00080080", "") or ""))
-            patient_pk = index.upsert_patient(s, p, now)
+            patient_pk = index.upsert_patient(s, p, now, issuer_for_site(rt, site_id))
             study_pk = index.upsert_study(s, p, patient_pk, site_id, now)
+            index.note_study_site(s, study_pk, site_id, source, now)
             series_pk, new_series = index.upsert_series(s, p, study_pk)
         else:
             study_pk, series_pk = known

@@ -40,7 +40,7 @@ from readingroom.archive.models import Instance, Series, Study
 from readingroom.archive.parsing import ParsedInstance
 from readingroom.clock import utcnow
 from readingroom.governance.models import AuditRecord
-from readingroom.governance.sites import site_for_institution
+from readingroom.governance.sites import issuer_for_site, site_for_institution
 
 if TYPE_CHECKING:
     from readingroom.archive.ingest import IngestResult
@@ -214,14 +214,25 @@ def audit_values(p: ParsedInstance, actor: str, source: str, now: datetime) -> d
     }
 
 
+def series_cache_key(rt: Runtime, site_id: int | None, series_uid: str) -> str:
+    """The ID cache key: per site too, so a series arriving from a second site is located (and noted) once."""
+    return f"{rt.db.url}|{site_id}|{series_uid}"
+
+
+def _site_of(item: Pending) -> int | None:
+    """The item's site: given by the caller, else known by its Institution Name (resolved once)."""
+    if item.site_id is None:
+        item.site_id = site_for_institution(item.rt, str(first_value(item.parsed.metadata, "00080080", "") or ""))
+    return item.site_id
+
+
 def _locate(s: Session, item: Pending, now: datetime) -> None:
     """Study and series keys of an item not in the cache: upsert patient, study and series."""
     p = item.parsed
-    site_id = item.site_id
-    if site_id is None:
-        site_id = site_for_institution(item.rt, str(first_value(p.metadata, "00080080", "") or ""))
-    patient_pk = index.upsert_patient(s, p, now)
+    site_id = _site_of(item)
+    patient_pk = index.upsert_patient(s, p, now, issuer_for_site(item.rt, site_id))
     item.study_pk = index.upsert_study(s, p, patient_pk, site_id, now)
+    index.note_study_site(s, item.study_pk, site_id, item.source, now)
     item.series_pk, item.new_series = index.upsert_series(s, p, item.study_pk)
 
 
@@ -257,9 +268,9 @@ def index_batch(db: Database, items: list[Pending], before_commit: Callable[[], 
         try:
             located: dict[str, Pending] = {}
             for item in items:
-                series_uid = item.parsed.series_uid
+                series_uid = series_cache_key(item.rt, _site_of(item), item.parsed.series_uid)
                 first = located.get(series_uid)
-                known = None if first else ID_CACHE.get(f"{item.rt.db.url}|{series_uid}")
+                known = None if first else ID_CACHE.get(series_uid)
                 if first is not None:
                     item.study_pk, item.series_pk = first.study_pk, first.series_pk
                 elif known is not None:
@@ -280,7 +291,7 @@ def index_batch(db: Database, items: list[Pending], before_commit: Callable[[], 
             if session is not None:
                 session.close()
     for item in done:
-        ID_CACHE.put(f"{item.rt.db.url}|{item.parsed.series_uid}", (item.study_pk, item.series_pk))
+        ID_CACHE.put(series_cache_key(item.rt, item.site_id, item.parsed.series_uid), (item.study_pk, item.series_pk))
     return [item for item in items if item.parsed.sop_uid not in inserted] + later
 
 

@@ -40,11 +40,14 @@ class Patient(Base):
     patient_id: Mapped[str] = mapped_column(String(64), index=True)
     issuer: Mapped[str] = mapped_column(String(64), default="")
     name: Mapped[str] = mapped_column(String(324), default="", index=True)
-    birth_date: Mapped[str] = mapped_column(String(8), default="")
+    #: Indexed for cross-issuer demographic matching (interop.identity).
+    birth_date: Mapped[str] = mapped_column(String(8), default="", index=True)
     sex: Mapped[str] = mapped_column(String(16), default="")
     attrs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: Set when an ADT^A40 merged this record into another (interop.identity); its studies moved there.
+    merged_into_pk: Mapped[int | None] = mapped_column(ForeignKey("patients.id"), nullable=True)
 
     studies: Mapped[list[Study]] = relationship(back_populates="patient")
 
@@ -79,6 +82,9 @@ class Study(Base):
     last_received_at: Mapped[datetime] = mapped_column(UTCDateTime)
     complete_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     attrs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: '' for a study acquired for reading; ``prior:<destination>`` for one fetched from a remote PACS as a
+    #: prior (interop/priors.py). Not a DICOM attribute (``attrs`` is what QIDO returns), so it lives here.
+    origin: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
     patient: Mapped[Patient] = relationship(back_populates="studies")
     series: Mapped[list[Series]] = relationship(back_populates="study")

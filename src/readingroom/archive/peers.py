@@ -45,9 +45,11 @@ class PeerInfo:
 
 
 def _check_ae(ae_title: str) -> str:
+    """An AE title is 1-16 characters of the DICOM default repertoire (PS3.5 6.2, VR AE): printable ASCII
+    without backslash. Anything else would be accepted here and fail only at association time."""
     ae = ae_title.strip()
-    if not ae or len(ae) > 16 or "\\" in ae or any(ord(c) < 32 for c in ae):
-        raise PeerError(f"invalid AE title {ae_title!r} (1-16 characters, no backslash or control characters)")
+    if not ae or len(ae) > 16 or "\\" in ae or any(not 32 <= ord(c) < 127 for c in ae):
+        raise PeerError(f"invalid AE title {ae_title!r} (1-16 printable ASCII characters, no backslash)")
     return ae
 
 

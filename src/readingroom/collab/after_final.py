@@ -12,14 +12,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from readingroom.collab import consults, live, peer_review
+from readingroom.consumers import anything_after
+from readingroom.consumers import lock_offset as _lock_offset
 from readingroom.governance import policy
 from readingroom.governance.models import User
 from readingroom.runtime import Runtime
-from readingroom.workflow.jobs import _lock_offset
 from readingroom.workflow.models import Case, CaseEvent, ConsumerOffset
 
 log = logging.getLogger(__name__)
@@ -27,14 +31,20 @@ AFTER_FINAL = "collab.after_final"
 REPORT_FINAL = "report.final"
 
 
+def _finals_after(session: Session, position: int, batch: int) -> Sequence[Any]:
+    return session.execute(select(CaseEvent.id, CaseEvent.case_id, CaseEvent.actor)
+                           .where(CaseEvent.id > position, CaseEvent.kind == REPORT_FINAL)
+                           .order_by(CaseEvent.id).limit(batch)).all()
+
+
 def after_final(rt: Runtime, batch: int = 200) -> list[int]:
     """Create second reads and sampled peer reviews for new finals; returns the child case ids made."""
     made: list[tuple[int, int | None]] = []
+    if not anything_after(rt, AFTER_FINAL, _finals_after):
+        return []
     with rt.db.session() as s:
         position = _lock_offset(s, AFTER_FINAL)
-        events = s.execute(select(CaseEvent.id, CaseEvent.case_id, CaseEvent.actor)
-                           .where(CaseEvent.id > position, CaseEvent.kind == REPORT_FINAL)
-                           .order_by(CaseEvent.id).limit(batch)).all()
+        events = _finals_after(s, position, batch)
         for event_id, case_id, actor in events:
             position = event_id
             case = s.get(Case, case_id)

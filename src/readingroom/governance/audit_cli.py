@@ -8,7 +8,6 @@ account as the actor (``cli:<user>``).
 
 from __future__ import annotations
 
-import getpass
 import os
 import sys
 from contextlib import ExitStack
@@ -18,42 +17,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from readingroom.cli_support import DataDir, console, err
+from readingroom.cli_support import cli_actor as _actor
+from readingroom.cli_support import open_runtime as _runtime
+
 if TYPE_CHECKING:
-    from readingroom.runtime import Runtime
+    pass
 
 audit_app = typer.Typer(help="Verify, seal and export the tamper-evident audit trail.", no_args_is_help=True)
 
-console = Console()
-err = Console(stderr=True)
 #: Problems printed in full; the rest are counted.
 SHOWN = 200
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Data directory (default ./readingroom-data or READINGROOM_DATA_DIR)"),
-]
 
 
 class ExportFormat(StrEnum):
     jsonl = "jsonl"
     atna = "atna"
-
-
-def _runtime(data_dir: Path | None) -> Runtime:
-    from readingroom.config import load_settings
-    from readingroom.runtime import Runtime
-
-    return Runtime.open(load_settings(data_dir))
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):  # no passwd entry (containers)
-        return "cli"
 
 
 def _progress() -> Progress:

@@ -8,44 +8,21 @@ CLI. ``register`` adds them to the ``user`` and ``token`` groups of ``cli.py``.
 
 from __future__ import annotations
 
-import getpass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from readingroom.cli_support import DataDir, console
+from readingroom.cli_support import cli_actor as actor
+from readingroom.cli_support import fail as _fail
+from readingroom.cli_support import open_runtime as _runtime
+
 if TYPE_CHECKING:
-    from readingroom.runtime import Runtime
-
-console = Console()
-err = Console(stderr=True)
-
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Data directory (default ./readingroom-data or READINGROOM_DATA_DIR)"),
-]
+    pass
 
 
-def _runtime(data_dir: Path | None) -> Runtime:
-    from readingroom.config import load_settings
-    from readingroom.runtime import Runtime
-
-    return Runtime.open(load_settings(data_dir))
-
-
-def actor() -> str:
-    """The audit actor of a CLI change: the operating-system account that ran it."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):  # no passwd entry (containers)
-        return "cli"
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
-    return typer.Exit(1)
 
 
 def token_list(username: str, all_: Annotated[bool, typer.Option("--all", help="Also revoked and expired")] = False,

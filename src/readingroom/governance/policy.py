@@ -47,21 +47,24 @@ CONFERENCES_MANAGE = "conferences.manage"  # create tumour boards / MDT sessions
 REFERRALS_SUBMIT = "referrals.submit"  # a partner sends a referral
 REFERRALS_MANAGE = "referrals.manage"  # accept / decline referrals addressed to one's site
 PEER_REVIEW_ADMIN = "peer_review.admin"  # sampling and results of peer review
+INTEROP_ADMIN = "interop.admin"  # destinations, outbox, interop health (site admins: their sites' only)
+ORDERS_WRITE = "orders.write"  # place, change, cancel imaging orders (REST, FHIR ServiceRequest) at one's sites
+ANALYTICS_READ = "analytics.read"  # turnaround analytics and exports (site admins: their sites' cases only)
 
 _ROLE_ACTIONS: dict[str, frozenset[str]] = {
     "admin": frozenset({ARCHIVE_READ, ARCHIVE_STORE, ARCHIVE_ADMIN, PEERS_ADMIN, USERS_ADMIN, WORKLIST_READ,
                         CASES_ADMIN, RULES_ADMIN, SITES_ADMIN, AI_FINDINGS, AUDIT_READ, AUDIT_REVIEW,
                         SHARES_CREATE, RETENTION_ADMIN, COMMENTS_WRITE, CONFERENCES_MANAGE, REFERRALS_MANAGE,
-                        PEER_REVIEW_ADMIN, CONSULTS_REQUEST}),
+                        PEER_REVIEW_ADMIN, CONSULTS_REQUEST, INTEROP_ADMIN, ORDERS_WRITE, ANALYTICS_READ}),
     "site_admin": frozenset({ARCHIVE_READ, ARCHIVE_STORE, PEERS_ADMIN, CASES_ADMIN, WORKLIST_READ, USERS_ADMIN,
                              SHARES_CREATE, RETENTION_ADMIN, COMMENTS_WRITE, CONFERENCES_MANAGE, REFERRALS_MANAGE,
-                             PEER_REVIEW_ADMIN, CONSULTS_REQUEST}),
+                             PEER_REVIEW_ADMIN, CONSULTS_REQUEST, INTEROP_ADMIN, ORDERS_WRITE, ANALYTICS_READ}),
     "radiologist": frozenset({ARCHIVE_READ, ARCHIVE_STORE, WORKLIST_READ, BREAK_GLASS, SHARES_CREATE,
                               REPORTS_WRITE, REPORTS_SIGN, CONSULTS_REQUEST, CONSULTS_ANSWER, COMMENTS_WRITE,
                               ANNOTATIONS_WRITE, CONFERENCES_MANAGE}),
     "technologist": frozenset({ARCHIVE_READ, ARCHIVE_STORE, COMMENTS_WRITE}),
     "referring_clinician": frozenset({ARCHIVE_READ, BREAK_GLASS, SHARES_CREATE, CRITICAL_ACK, CONSULTS_REQUEST,
-                                      COMMENTS_WRITE}),
+                                      COMMENTS_WRITE, ORDERS_WRITE}),
     "consultant": frozenset({ARCHIVE_READ, CONSULTS_ANSWER, COMMENTS_WRITE, ANNOTATIONS_WRITE}),
     "partner": frozenset({ARCHIVE_READ, ARCHIVE_STORE, REFERRALS_SUBMIT, COMMENTS_WRITE}),
     "auditor": frozenset({AUDIT_READ, AUDIT_REVIEW}),
@@ -344,3 +347,34 @@ def visible_cases(principal: Principal) -> ColumnElement[bool] | None:
     if sites is None:
         return None
     return Case.site_id.in_(sorted(sites)) if sites else false()
+
+
+def seeable_cases(principal: Principal) -> ColumnElement[bool] | None:
+    """SQL condition on ``Case``: the cases ``principal`` may see (None: all), the set twin of ``can_see_case``.
+
+    For searches that list cases to everyone who may see them (FHIR Task),
+    not only to supervisors (``visible_cases``): the site's case admins, the
+    readers a case is routed to, its ordering physician, grant holders and
+    whoever may read its study.
+    """
+    from readingroom.archive.models import Study
+    from readingroom.governance.models import AccessGrant
+    from readingroom.workflow.models import Case, CaseCandidate
+
+    sites = sites_where(principal, CASES_ADMIN)
+    if sites is None:
+        return None
+    conditions: list[ColumnElement[bool]] = [Case.assignee == principal.user_id,
+                                             Case.claimed_by == principal.user_id]
+    if sites:
+        conditions.append(Case.site_id.in_(sorted(sites)))
+    if _role_allows(principal, WORKLIST_READ):
+        conditions.append(Case.id.in_(select(CaseCandidate.case_id).where(CaseCandidate.user_id == principal.user_id)))
+    if physician_key(principal.physician_name):
+        conditions.append(names_physician(Case.ordering_physician, principal.physician_name))
+    conditions.append(Case.id.in_(select(AccessGrant.case_id).where(*_active_grants(principal),
+                                                                    AccessGrant.case_id.is_not(None))))
+    studies = visible_studies(principal)
+    conditions.append(Case.study_pk.in_(select(Study.id).where(studies)) if studies is not None
+                      else Case.study_pk.is_not(None))
+    return or_(*conditions)

@@ -7,18 +7,19 @@ operating-system account as the actor (``cli:<user>``).
 
 from __future__ import annotations
 
-import getpass
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from readingroom.cli_support import DataDir, console, err
+from readingroom.cli_support import cli_actor as _actor
+from readingroom.cli_support import fail as _fail
+from readingroom.cli_support import open_runtime as _runtime
+
 if TYPE_CHECKING:
     from readingroom.governance.retention_run import RetentionReport
-    from readingroom.runtime import Runtime
 
 retention_app = typer.Typer(help="Retention rules, legal holds and purge runs.", no_args_is_help=True)
 rules_app = typer.Typer(help="List (no sub-command), add or remove retention rules.")
@@ -26,34 +27,9 @@ hold_app = typer.Typer(help="Place, release and list legal holds.", no_args_is_h
 retention_app.add_typer(rules_app, name="rules")
 retention_app.add_typer(hold_app, name="hold")
 
-console = Console()
-err = Console(stderr=True)
 #: Rows of the per-study table printed after a run (the totals always cover everything).
 SHOWN = 50
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Data directory (default ./readingroom-data or READINGROOM_DATA_DIR)"),
-]
-
-
-def _runtime(data_dir: Path | None) -> Runtime:
-    from readingroom.config import load_settings
-    from readingroom.runtime import Runtime
-
-    return Runtime.open(load_settings(data_dir))
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):  # no passwd entry (containers)
-        return "cli"
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
-    return typer.Exit(1)
 
 
 def _size(n: int) -> str:

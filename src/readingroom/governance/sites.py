@@ -57,3 +57,15 @@ def site_for_institution(rt: Runtime, institution_name: str) -> int | None:
             return mapping
 
     return rt.cached("sites.institutions", 30.0, load).get(institution_name.strip().lower())
+
+
+def issuer_for_site(rt: Runtime, site_id: int | None) -> str:
+    """The site's Issuer of Patient ID: the default for instances that name none (IDs are per issuer)."""
+    if site_id is None:
+        return ""
+
+    def load() -> dict[int, str]:
+        with rt.db.read_session() as s:
+            return {sid: issuer or "" for sid, issuer in s.execute(select(Site.id, Site.issuer_of_patient_id))}
+
+    return rt.cached("sites.issuers", 30.0, load).get(site_id, "")

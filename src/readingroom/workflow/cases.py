@@ -8,9 +8,10 @@ and the log always replays to the current state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import and_, exists, insert, or_, select, update
 from sqlalchemy.orm import Session
@@ -37,6 +38,22 @@ class Actor:
 
 
 SYSTEM = Actor()
+
+#: ``(session, site_id, procedure_code, description) -> canonical procedure code or ""``. Workflow does not
+#: know how sites name procedures; metadata normalisation (``interop.procedures``) registers the resolver,
+#: so a case is created with its canonical procedure and routing and analytics can use it.
+ProcedureResolver = Callable[[Session, int | None, str, str], str]
+_procedure_resolvers: list[ProcedureResolver] = []
+
+
+def set_procedure_resolver(resolver: ProcedureResolver | None) -> None:
+    """Install (or with None remove) the resolver of canonical procedures used when cases are created."""
+    _procedure_resolvers[:] = [resolver] if resolver is not None else []
+
+
+def resolve_procedure(session: Session, site_id: int | None, code: str, description: str) -> str:
+    """The canonical procedure code for a site's code / description ("" when none is registered or mapped)."""
+    return _procedure_resolvers[0](session, site_id, code, description) if _procedure_resolvers else ""
 
 
 def log_event(session: Session, case_id: int, kind: str, actor: Actor, from_state: str, to_state: str,
@@ -163,6 +180,7 @@ def create_case_for_study(session: Session, study_pk: int, *, ready_at: datetime
         priority=Priority.ROUTINE.value, priority_rank=Priority.ROUTINE.rank, priority_source="default",
         flags=[], state=CaseState.NEW.value, ready_at=ready_at or now, created_at=now, updated_at=now,
         order_fields={}, version=1,
+        procedure_code=resolve_procedure(session, study.site_id, "", study.description),
     )
     case_id = session.execute(
         insert_for(session, Case).values(**values).on_conflict_do_nothing().returning(Case.id)
@@ -204,6 +222,8 @@ def create_case_for_order(
         ordering_physician=ordering_physician, order_fields=order_fields or {}, priority=prio.value,
         priority_rank=prio.rank, priority_source="order" if priority else "default", flags=[],
         state=CaseState.WAITING.value, created_at=now, updated_at=now, version=1, escalation_plan=[],
+        procedure_code=resolve_procedure(session, site_id, str((order_fields or {}).get("procedure_code") or ""),
+                                         description),
     )
     session.add(case)
     session.flush()
@@ -212,21 +232,69 @@ def create_case_for_order(
     return case
 
 
+#: ``(session, study_pk, ready_at) -> the case the study joined, False (it must get a case of its own:
+#: a mismatch was reported) or None (no opinion)``. Order reconciliation (``interop.reconcile``)
+#: registers here, so intake links studies to orders without the worklist importing interop.
+StudyMatcher = Callable[[Session, int, datetime | None], Case | Literal[False] | None]
+_study_matchers: list[StudyMatcher] = []
+
+
+def on_study_arrival(matcher: StudyMatcher) -> StudyMatcher:
+    """Register a matcher asked, in order, which waiting case a newly complete study belongs to."""
+    if matcher not in _study_matchers:
+        _study_matchers.append(matcher)
+    return matcher
+
+
+def remove_study_matcher(matcher: StudyMatcher) -> None:
+    if matcher in _study_matchers:
+        _study_matchers.remove(matcher)
+
+
 def attach_study_to_order(session: Session, study_pk: int, *, ready_at: datetime | None = None) -> Case | None:
-    """If a waiting order case has this study's accession number, link the study to it."""
+    """Link a complete study to the waiting case of its order; None: the study needs its own case.
+
+    Registered matchers decide first (reconciliation knows orders, patients
+    and time windows). Without one, a waiting case with the study's
+    accession number *and* the same patient (or none yet) takes it: an
+    accession alone never attaches images to another patient's read.
+    """
+    for matcher in list(_study_matchers):
+        found = matcher(session, study_pk, ready_at)
+        if found is False:
+            return None
+        if found is not None:
+            return found
     study = session.get(Study, study_pk)
     if study is None or not study.accession_number:
         return None
     case = session.scalars(select(Case).where(
         Case.accession_number == study.accession_number, Case.state == CaseState.WAITING.value,
-        Case.study_pk.is_(None)).order_by(Case.id).limit(1)).first()
+        Case.study_pk.is_(None), or_(Case.patient_pk.is_(None), Case.patient_pk == study.patient_pk))
+        .order_by(Case.id).limit(1)).first()
     if case is None:
         return None
-    transition(session, case.id, "images_arrived", data={"study_uid": study.study_uid}, values={
+    return attach_study_to_case(session, case.id, study_pk, ready_at=ready_at)
+
+
+def attach_study_to_case(session: Session, case_id: int, study_pk: int, *, ready_at: datetime | None = None,
+                         data: dict[str, Any] | None = None) -> Case:
+    """The images of a waiting case arrived: event ``images_arrived`` ("study available"), state ``new``.
+
+    IllegalTransition if the case is no longer waiting (another process linked it first).
+    """
+    study = session.get(Study, study_pk)
+    case = get_case(session, case_id)
+    assert study is not None
+    transition(session, case.id, "images_arrived", data={"study_uid": study.study_uid, "status": "study available",
+                                                         **(data or {})}, values={
         "study_pk": study_pk, "patient_pk": case.patient_pk or study.patient_pk,
         "site_id": case.site_id or study.site_id, "ready_at": ready_at or utcnow(),
         "modality": case.modality or _primary_modality(session, study_pk, study.modalities),
-    })
+        # an order whose text no mapping knows may still be named by the study's description
+        "procedure_code": case.procedure_code or resolve_procedure(session, case.site_id or study.site_id, "",
+                                                                   study.description),
+    }, extra_where=Case.study_pk.is_(None))
     link_priors(session, case.id, study.patient_pk, study_pk)
     return get_case(session, case.id)
 

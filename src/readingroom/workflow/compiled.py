@@ -47,6 +47,7 @@ class CompiledMatch:
     modality: frozenset[str] | None
     body_part: frozenset[str] | None
     description: re.Pattern[str] | None
+    procedure: frozenset[str] | None
     site: frozenset[str] | None
     site_kind: frozenset[SiteKind] | None
     priority: frozenset[Priority] | None
@@ -70,6 +71,7 @@ class CompiledMatch:
             modality=_upper(m.modality),
             body_part=_upper(m.body_part),
             description=re.compile(m.description, re.IGNORECASE) if m.description else None,
+            procedure=_upper(m.procedure),
             site=frozenset(m.site) if m.site is not None else None,
             site_kind=frozenset(m.site_kind) if m.site_kind is not None else None,
             priority=frozenset(m.priority) if m.priority is not None else None,
@@ -95,6 +97,8 @@ class CompiledMatch:
             return "patient_class"
         if self.body_part is not None and case.body_part not in self.body_part:
             return "body_part"
+        if self.procedure is not None and case.procedure not in self.procedure:
+            return "procedure"
         if self.site_kind is not None and site.kind not in self.site_kind:
             return "site_kind"
         if self.flags_any is not None and not (case.flags & self.flags_any):

@@ -118,6 +118,7 @@ def case_facts(case: Case, site_codes: dict[int, str]) -> CaseFacts:
         conflicted_readers=frozenset(request.get("exclude") or ()),
         required_subspecialties=frozenset(request.get("subspecialties") or ()),
         named_readers=frozenset(request.get("readers") or ()), sla_minutes=request.get("sla_minutes"),
+        procedure=case.procedure_code or "",
     )
 
 

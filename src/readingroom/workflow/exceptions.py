@@ -15,7 +15,8 @@ from readingroom.clock import utcnow
 from readingroom.workflow.models import ExceptionItem
 
 KINDS = ("no_eligible_reader", "unreadable_study", "incomplete_study", "order_mismatch", "stuck_case",
-         "failed_delivery", "protocol_mismatch", "referral_overdue")
+         "failed_delivery", "protocol_mismatch", "referral_overdue", "order_overdue", "duplicate_study",
+         "duplicate_accession")
 
 
 class ExceptionNotFound(LookupError):

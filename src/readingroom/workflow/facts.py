@@ -175,10 +175,13 @@ class CaseFacts:
     required_subspecialties: frozenset[str] = frozenset()
     named_readers: frozenset[str] = frozenset()
     sla_minutes: float | None = None
+    #: The canonical procedure code (metadata normalisation maps each site's names onto it); '' = unmapped.
+    procedure: str = ""
 
     def __post_init__(self) -> None:
         setter = object.__setattr__
         setter(self, "case_id", str(self.case_id))
+        setter(self, "procedure", self.procedure.strip().upper())
         setter(self, "modality", self.modality.strip().upper())
         setter(self, "body_part", self.body_part.strip().upper())
         setter(self, "patient_class", self.patient_class.strip().upper())

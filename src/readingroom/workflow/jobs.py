@@ -13,16 +13,19 @@ Each job is safe to run in several processes at once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from readingroom.archive.index import insert_for
 from readingroom.archive.models import DomainEvent, Study
 from readingroom.archive.stability import STUDY_COMPLETE
 from readingroom.clock import utcnow
+from readingroom.consumers import anything_after
+from readingroom.consumers import lock_offset as _lock_offset
 from readingroom.runtime import Runtime
 from readingroom.workflow import exceptions
 from readingroom.workflow.cases import SYSTEM, attach_study_to_order, create_case_for_study, log_event, release
@@ -39,28 +42,37 @@ _ESCALATABLE = [s.value for s in (CaseState.NEW, CaseState.AVAILABLE, CaseState.
                                    CaseState.EXCEPTION)]
 
 
-def _lock_offset(session: Session, name: str) -> int:
-    session.execute(insert_for(session, ConsumerOffset).values(name=name, position=0).on_conflict_do_nothing())
-    q = select(ConsumerOffset.position).where(ConsumerOffset.name == name)
-    if session.get_bind().dialect.name == "postgresql":
-        q = q.with_for_update()
-    return session.scalar(q) or 0
+#: Domain event written *before* images arrive that are not a read of their own (interop/priors.py writes
+#: it before its C-MOVE), so intake skips them even if they complete before ``Study.origin`` is set.
+NOT_A_READ = "study.not_a_read"
+
+
+def _not_a_read(session: Session, study_uid: str) -> bool:
+    return session.scalar(select(DomainEvent.id).where(DomainEvent.kind == NOT_A_READ,
+                                                       DomainEvent.subject == study_uid).limit(1)) is not None
+
+
+def _completions_after(session: Session, position: int, batch: int) -> Sequence[Any]:
+    return session.execute(select(DomainEvent.id, DomainEvent.subject, DomainEvent.created_at)
+                           .where(DomainEvent.id > position, DomainEvent.kind == STUDY_COMPLETE)
+                           .order_by(DomainEvent.id).limit(batch)).all()
 
 
 def intake(rt: Runtime, batch: int = 200) -> list[int]:
     """Create and route a case for every newly complete study; returns the new case ids."""
     created: list[int] = []
+    if not anything_after(rt, INTAKE, _completions_after):
+        return created
     with rt.db.session() as s:
         position = _lock_offset(s, INTAKE)
-        events = s.execute(
-            select(DomainEvent.id, DomainEvent.subject, DomainEvent.created_at)
-            .where(DomainEvent.id > position, DomainEvent.kind == STUDY_COMPLETE)
-            .order_by(DomainEvent.id).limit(batch)
-        ).all()
+        events = _completions_after(s, position, batch)
         for event_id, study_uid, at in events:
             position = event_id
-            study_pk = s.scalar(select(Study.id).where(Study.study_uid == study_uid))
+            study_pk, origin = s.execute(select(Study.id, Study.origin).where(
+                Study.study_uid == study_uid)).first() or (None, None)
             if study_pk is None:
+                continue
+            if origin or _not_a_read(s, study_uid):  # e.g. a prior fetched from a remote PACS: no case
                 continue
             try:
                 with s.begin_nested():

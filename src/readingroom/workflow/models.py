@@ -131,13 +131,19 @@ class Case(Base):
     #: What the requester of a child read asked of routing, on top of the rules: ``subspecialties``,
     #: ``readers`` (a named expert), ``exclude`` (e.g. the original reader), ``sla_minutes``.
     routing_request: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
+    #: The canonical procedure (interop.procedures) the site's description or code maps to; '' = unmapped.
+    procedure_code: Mapped[str] = mapped_column(String(64), default="", server_default="", index=True)
 
 
 class CaseEvent(Base):
     """One entry of a case's event log (append-only)."""
 
     __tablename__ = "case_events"
-    __table_args__ = (Index("ix_case_events_case_id_id", "case_id", "id"),)
+    __table_args__ = (
+        Index("ix_case_events_case_id_id", "case_id", "id"),
+        # turnaround analytics: each case's first timestamp per event kind from the index alone
+        Index("ix_case_events_case_kind_at", "case_id", "kind", "at"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"))

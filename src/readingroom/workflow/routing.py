@@ -218,6 +218,8 @@ def route(
     )
     if selection.trace is not None:
         decision.explanation["rules_trace"] = list(selection.trace)
+    if case.procedure:
+        decision.explanation["procedure"] = case.procedure
     if named or case.required_subspecialties or case.sla_minutes:
         decision.explanation["request"] = {"named_readers": sorted(named),
                                            "subspecialties": sorted(case.required_subspecialties),

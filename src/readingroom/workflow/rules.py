@@ -16,7 +16,8 @@ Semantics, in one place:
   (setting a field to ``null`` clears the default). ``raise_priority`` takes
   effect at once, so later rules see the raised priority.
 * Within a match every given field must hold (AND); a list means any of its
-  values (OR). Text regexes are case-insensitive searches. Time of day and
+  values (OR). Text regexes are case-insensitive searches. ``procedure`` is
+  the canonical procedure code, the same whatever the site calls the exam. Time of day and
   days of the week are in the case site's local time.
 * ``priority_rules`` give a case without an order priority its priority
   (first match wins, else ``defaults.priority``).
@@ -126,6 +127,8 @@ class Match(_Model):
     modality: Names | None = None
     body_part: Names | None = None
     description: Regex | None = None
+    #: canonical procedure code(s) (interop procedure mapping); an unmapped case matches none
+    procedure: Names | None = None
     site: Names | None = None
     site_kind: list[SiteKind] | None = None
     priority: list[Priority] | None = None

@@ -49,8 +49,12 @@ TRANSITIONS: dict[str, tuple[frozenset[CaseState], CaseState | None]] = {
     "escalated": (_ACTIVE, None),
     "overflowed": (frozenset({S.AVAILABLE}), None),
     "priority_changed": (OPEN_STATES, None),
+    "order_changed": (OPEN_STATES, None),  # the RIS changed the order (interop.orders): fields, not state
+    "order_linked": (OPEN_STATES, None),  # an order arriving after its study joined the case (interop.reconcile)
     "flagged": (OPEN_STATES, None),
     "exception_resolved": (frozenset({S.EXCEPTION}), S.NEW),
+    # ADT^A40 (interop/merge.py): the case now belongs to the surviving patient record.
+    "patient_merged": (frozenset(CaseState), None),
 }
 CREATION_EVENTS = {"received": S.NEW, "ordered": S.WAITING}
 

@@ -1,0 +1,1 @@
+"""Turnaround analytics computed from the case event log (principle 1)."""
