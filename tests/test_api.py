@@ -60,6 +60,9 @@ def test_peers_need_admin(client) -> None:
     # An AE title outside the DICOM default repertoire would only fail later, at association time.
     non_ascii = client.post("/api/v1/peers", json={**body, "name": "y", "ae_title": "6\u00e9"}, headers=admin)
     assert non_ascii.status_code == 422 and "AE title" in non_ascii.text
+    for host in (",", "", "a b", "h\u00f6st", "x..y"):
+        r = client.post("/api/v1/peers", json={**body, "name": "z", "host": host}, headers=admin)
+        assert r.status_code == 422 and "host" in r.text, host
     assert [p["name"] for p in client.get("/api/v1/peers", headers=admin).json()] == ["pacs"]
     assert client.delete("/api/v1/peers/pacs", headers=admin).status_code == 204
     assert client.delete("/api/v1/peers/pacs", headers=admin).status_code == 404

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -53,6 +55,17 @@ def _check_ae(ae_title: str) -> str:
     return ae
 
 
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-]{0,252})$|^\[?[0-9A-Fa-f:.]+\]?$")
+
+
+def _check_host(host: str) -> str:
+    """A host name or IP address: checked here so a typo fails at registration, not at the first association."""
+    h = host.strip()
+    if not _HOST.match(h) or ".." in h:
+        raise PeerError(f"invalid host {host!r} (a DNS name or an IP address)")
+    return h
+
+
 def add_peer(
     session: Session,
     name: str,
@@ -74,7 +87,7 @@ def add_peer(
     if not 0 < port < 65536:
         raise PeerError(f"invalid port {port}")
     peer = DicomPeer(
-        name=name, ae_title=_check_ae(ae_title), host=host, port=port, site_id=site_id,
+        name=name, ae_title=_check_ae(ae_title), host=_check_host(host), port=port, site_id=site_id,
         description=description, allow_store=allow_store, allow_query=allow_query,
         allow_retrieve=allow_retrieve, tls=tls, created_at=utcnow(),
     )

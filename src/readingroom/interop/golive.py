@@ -67,6 +67,14 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return value, (time.perf_counter() - start) * 1000
 
 
+def _echo(rt: Runtime, peer: PeerInfo) -> bool:
+    """C-ECHO; a peer whose address cannot even be used (stored before it was checked) fails the step."""
+    try:
+        return bool(echo(rt, peer))
+    except (OSError, ValueError, UnicodeError):
+        return False
+
+
 def write_test_study(out_dir: Path, n_instances: int) -> list[Path]:
     """A synthetic CT study of the go-live test patient with UIDs new to this run."""
     from readingroom.demo import synth
@@ -97,7 +105,7 @@ def _dicom_steps(rt: Runtime, peer: PeerInfo, report: Progress) -> list[dict[str
     from readingroom.interop import qr_scu
 
     steps = []
-    ok, ms = _timed(lambda: echo(rt, peer))
+    ok, ms = _timed(lambda: _echo(rt, peer))
     steps.append(_step("c-echo", ok, f"{peer.address} answered C-ECHO" if ok
                        else f"{peer.address} did not answer C-ECHO (refused, rejected or timed out)", ms))
     report("c-echo", steps[-1])
