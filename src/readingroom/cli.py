@@ -27,6 +27,7 @@ from readingroom.governance.retention_cli import retention_app
 from readingroom.interop import golive_cli
 from readingroom.interop.procedures_cli import procedures_app
 from readingroom.runtime import Runtime
+from readingroom.simulator import cli as simulator_cli
 
 app = typer.Typer(help="ReadingRoom: medical imaging collaboration across sites.", no_args_is_help=True)
 user_app = typer.Typer(help="Manage local accounts.", no_args_is_help=True)
@@ -282,6 +283,7 @@ def token_create(
 
 register_auth_commands(user_app, token_app)  # token list|revoke, user unlock|reset-2fa|sign-out
 golive_cli.register(peer_app, _runtime, _cli_actor)  # peer test (interop/golive.py)
+simulator_cli.register(app)  # simulate (simulator/)
 
 
 @peer_app.command("add")
