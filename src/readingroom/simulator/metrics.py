@@ -177,7 +177,7 @@ def compare(runs: dict[str, list[RunRecords]]) -> Comparison:
     reps = min(len(r) for r in runs.values()) if runs else 0
     comparison = Comparison(policies, reps)
     for policy, per_rep in runs.items():
-        for rep, run in enumerate(per_rep[:reps]):
+        for run in per_rep[:reps]:
             for metric, value in summarise(run).items():
                 comparison.values.setdefault(metric, {}).setdefault(policy, []).append(value)
             for profile, values in _hourly(run).items():

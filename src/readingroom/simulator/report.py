@@ -15,12 +15,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from jinja2 import Environment, select_autoescape  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from jinja2 import Environment, select_autoescape
 
-from readingroom.simulator.metrics import Comparison  # noqa: E402
-from readingroom.simulator.records import PRIORITIES, RunRecords  # noqa: E402
+from readingroom.simulator.metrics import Comparison
+from readingroom.simulator.records import PRIORITIES, RunRecords
 
 EXPLAINED = {
     "tat": "turnaround: study ready to the report the SLA counts (P1/P2 first report, P3/P4 final), minutes",
@@ -47,7 +47,8 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th:first-child,td:f
 <td class="{{ 'bad' if metric == 'violations' and c and c[0] > 0 else '' }}">{% if c %}{{ '%.2f' % c[0] }}
 {% if c[1] == c[1] %}<span class="ci">[{{ '%.2f' % c[1] }}, {{ '%.2f' % c[2] }}]</span>{% endif %}{% endif %}</td>
 {% endfor %}</tr>{% endfor %}</table>
-<h2>Plots</h2>{% for name, data in plots %}<h3>{{ name }}</h3><img alt="{{ name }}" src="data:image/png;base64,{{ data }}">
+<h2>Plots</h2>{% for name, data in plots %}<h3>{{ name }}</h3>
+<img alt="{{ name }}" src="data:image/png;base64,{{ data }}">
 {% endfor %}<h2>What the metrics mean</h2><dl>{% for k, v in explained.items() %}<dt><b>{{ k }}</b></dt>
 <dd>{{ v }}</dd>{% endfor %}</dl></body></html>"""
 
