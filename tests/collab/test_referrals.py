@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from readingroom.analytics.turnaround import turnaround
 from readingroom.app import create_app
 from readingroom.archive.ingest import ingest_path
 from readingroom.archive.stability import complete_stable_studies
@@ -105,10 +106,14 @@ def test_accept_creates_a_case_and_the_partner_follows_it_to_the_report(portal, 
     p, c = portal, portal["c"]
     referral = _refer(p)
     assert referral["status"] == "received" and referral["state"] == "received"
+    p["clock"].advance(300)  # the receiving site answers five minutes later
     r = c.post(f"/api/v1/referrals/{referral['id']}/accept", headers=p["h"]["hubadm"])
     assert r.status_code == 200, r.text
     case_id = r.json()["case_id"]
     assert c.post(f"/api/v1/referrals/{referral['id']}/accept", headers=p["h"]["hubadm"]).status_code == 409
+    with p["rt"].db.read_session() as s:
+        [stage] = turnaround(s, "referral_received_to_accepted")
+        assert (stage["count"], stage["p50"]) == (1, 5.0)
     with p["rt"].db.read_session() as s:
         case = s.get(Case, case_id)
         assert (case.state, case.accession_number, case.priority) == ("waiting", referral["accession_number"],
@@ -148,7 +153,7 @@ def test_accept_creates_a_case_and_the_partner_follows_it_to_the_report(portal, 
     with p["rt"].db.read_session() as s:
         kinds = [k for (k,) in s.execute(select(CaseEvent.kind).where(CaseEvent.case_id == case_id)
                                          .order_by(CaseEvent.id))]
-        assert kinds[:3] == ["ordered", "referral.accepted", "images_arrived"]
+        assert kinds[:4] == ["ordered", "referral.received", "referral.accepted", "images_arrived"]
         assert [k for (k,) in s.execute(select(ReferralEvent.kind).order_by(ReferralEvent.id))] == [
             "received", "accepted"]
 

@@ -61,6 +61,8 @@ STAGES: tuple[Stage, ...] = (
           start=("critical.sent",), end=("critical.acknowledged",)),
     Stage("consult_requested_to_answered", "Consult requested -> answered (both logged on the parent case)",
           start=("consult.requested",), end=("consult.answered",)),
+    Stage("referral_received_to_accepted", "Referral received from the partner -> accepted by the receiving site",
+          start=("referral.received",), end=("referral.accepted",)),
     Stage("referral_accepted_to_final", "Referral accepted -> final report of the referred case",
           start=("referral.accepted",), end=FINAL, sla=True),
 )

@@ -40,7 +40,7 @@ from readingroom.governance import audit, policy
 from readingroom.governance.auth import Principal
 from readingroom.governance.models import AccessGrant, Site
 from readingroom.workflow import exceptions
-from readingroom.workflow.cases import Actor, create_case_for_order, log_event
+from readingroom.workflow.cases import SYSTEM, Actor, create_case_for_order, log_event
 from readingroom.workflow.enums import Priority
 from readingroom.workflow.models import Case
 
@@ -221,6 +221,10 @@ def accept(session: Session, p: Principal, referral_id: int, access_days: float)
                           "sex": referral.sex, "clinical_question": referral.clinical_question,
                           "images": referral.images})
     referral.case_id = case.id
+    # The case's timeline starts when the partner sent the referral, not when it was accepted: analytics
+    # measure received -> accepted -> reported from the case's own event log.
+    log_event(session, case.id, "referral.received", SYSTEM, case.state, case.state,
+              {"referral_id": referral.id, "submitted_by": referral.submitted_by}, referral.created_at)
     log_event(session, case.id, "referral.accepted", _actor(p), case.state, case.state,
               {"referral_id": referral.id, "received_at": referral.created_at.isoformat(),
                "adopted_existing_case": adopted}, now)
