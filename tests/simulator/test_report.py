@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from readingroom.simulator.metrics import compare, gini, pct, summarise, t975
+from readingroom.simulator import theory
+from readingroom.simulator.metrics import compare, erlang_profile, gini, pct, readers_on_shift, summarise, t975
 from readingroom.simulator.records import CASE_COLUMNS, RunRecords
 from readingroom.simulator.report import write_report
+from readingroom.simulator.workload import load_workload
 
 REFERENCE = Path(__file__).resolve().parents[2] / "examples" / "simulator" / "reference-workload.yaml"
 
@@ -68,6 +70,22 @@ def test_comparison_intervals_and_cross_policy_figures() -> None:
     assert json.loads(comparison.to_json())["metrics"]["violations"]["B0"][0] == 0
 
 
+def test_erlang_profile_of_the_ideal_pool() -> None:
+    # 24 studies a day, one per UTC hour at :00, 8-minute reads, 2 readers all day: Erlang C for
+    # lambda = 1/60 per minute, c = 2.
+    run = _run("B4", np.full(24, 10.0))
+    run.cases["ready"] = np.arange(24) * 60.0 + 1440
+    run.cases["read"] = np.full(24, 8.0)
+    run.counters.update(measured_from=1440.0, measured_to=2880.0)
+    profile = erlang_profile(run, [2] * 24)
+    assert profile == pytest.approx([theory.mean_wait(2, 1 / 60, 8.0)] * 24)
+    comparison = compare({"B4": [run]}, readers_by_utc_hour=[2] * 24)
+    assert comparison.hourly["wait_by_utc_hour"]["Erlang C (B4)"] == pytest.approx(profile)
+    workload = load_workload(REFERENCE)
+    on_shift = readers_on_shift(workload)
+    assert sum(on_shift) == sum((r.shift[1] - r.shift[0]) % 24 or 24 for r in workload.readers)
+
+
 def test_report_is_self_contained(tmp_path: Path) -> None:
     runs = {"B0": [_run("B0", np.arange(1, 50))], "B3": [_run("B3", np.arange(1, 30))]}
     runs["B3"][0].counters["violations"] = 1
@@ -75,7 +93,7 @@ def test_report_is_self_contained(tmp_path: Path) -> None:
     html = page.read_text()
     for png in tmp_path.glob("*.png"):
         assert png.read_bytes().startswith(b"\x89PNG")
-    assert len(list(tmp_path.glob("*.png"))) == 5
+    assert len(list(tmp_path.glob("*.png"))) == 6
     assert not re.search(r"(src|href)=\"https?://", html) and "<script" not in html
     assert "t &lt;x&gt;" in html and "B0" in html and "violations" in html and 'class="bad"' in html
 

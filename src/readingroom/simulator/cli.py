@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
             task = bar.add_task(f"simulating {days} days x {reps} replications", total=len(policy) * reps)
             runs = run_all(workload, policy, replications=reps, seed=seed, days=days, load_scale=load_scale,
                            jobs=jobs, progress=lambda _spec: bar.advance(task))
-        comparison = metrics.compare(runs)
+        comparison = metrics.compare(runs, readers_by_utc_hour=metrics.readers_on_shift(spec))
         if event_log:
             sim_start = draw(spec, seed, 0, 1).sim_start
             for name, per_rep in runs.items():

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from readingroom.simulator.records import PRIORITIES, RunRecords
+from readingroom.simulator.workload import Workload
 
 # Student t 0.975 quantiles for 1..30 degrees of freedom (beyond: the normal 1.96).
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -165,14 +166,43 @@ def _hourly(run: RunRecords) -> dict[str, list[float]]:
     read = c["reader"] != ""
     remote = [float(c["remote"][read & (c["local_hour"] == h)].mean()) if (read & (c["local_hour"] == h)).any()
               else math.nan for h in hours]
+    utc_hour = (c["ready"] // 60 % 24).astype(int)
+    wait = [float(c["wait"][utc_hour == h].mean()) if (utc_hour == h).any() else math.nan for h in hours]
     depth_total = sum(q[p] for p in PRIORITIES) if len(q.get("time", ())) else np.array([])
     depth = [float(depth_total[q["utc_hour"] == h].mean()) if len(depth_total) and (q["utc_hour"] == h).any()
              else math.nan for h in hours]
-    return {"tat_p90_by_local_hour": p90, "remote_share_by_local_hour": remote, "queue_depth_by_utc_hour": depth}
+    return {"tat_p90_by_local_hour": p90, "remote_share_by_local_hour": remote, "queue_depth_by_utc_hour": depth,
+            "wait_by_utc_hour": wait}
 
 
-def compare(runs: dict[str, list[RunRecords]]) -> Comparison:
-    """Summarise every run and gather the replications of each metric per policy."""
+def readers_on_shift(workload: Workload) -> list[int]:
+    """How many readers are rostered in each UTC hour (shifts are given in UTC hours, [start, end))."""
+
+    def on(shift: tuple[float, float], hour: int) -> bool:
+        start, end = shift
+        return start <= hour < end if start < end else (hour >= start or hour < end)
+
+    return [sum(1 for r in workload.readers if on(r.shift, h)) for h in range(24)]
+
+
+def erlang_profile(run: RunRecords, readers_by_utc_hour: list[int]) -> list[float]:
+    """B4's theoretical companion: the hour-by-hour Erlang C mean wait for its arrivals and reading times."""
+    from readingroom.simulator.theory import hourly_erlang_wait
+
+    c = run.cases
+    days = (run.counters.get("measured_to", 0) - run.counters.get("measured_from", 0)) / 1440 or 1.0
+    utc_hour = (c["ready"] // 60 % 24).astype(int)
+    per_hour = [float((utc_hour == h).sum()) / days for h in range(24)]
+    mean_read = float((c["read"] + c["transfer"]).mean()) if len(run) else 1.0
+    return hourly_erlang_wait(per_hour, readers_by_utc_hour, mean_read)
+
+
+def compare(runs: dict[str, list[RunRecords]], readers_by_utc_hour: list[int] | None = None) -> Comparison:
+    """Summarise every run and gather the replications of each metric per policy.
+
+    With ``readers_by_utc_hour`` and a B4 run, the hourly profiles gain ``wait_by_utc_hour`` of policy
+    "Erlang C (B4)": what queueing theory predicts for the ideal pool hour by hour.
+    """
     policies = list(runs)
     reps = min(len(r) for r in runs.values()) if runs else 0
     comparison = Comparison(policies, reps)
@@ -184,6 +214,10 @@ def compare(runs: dict[str, list[RunRecords]]) -> Comparison:
                 acc = comparison.hourly.setdefault(profile, {}).setdefault(policy, [0.0] * 24)
                 for h, v in enumerate(values):
                     acc[h] += (0.0 if math.isnan(v) else v) / reps
+    if readers_by_utc_hour is not None and "B4" in runs and reps:
+        profiles = [erlang_profile(run, readers_by_utc_hour) for run in runs["B4"][:reps]]
+        comparison.hourly["wait_by_utc_hour"]["Erlang C (B4)"] = [
+            float(np.mean([p[h] for p in profiles])) for h in range(24)]
     for rep in range(reps):
         for policy, metrics in _cross(runs, rep).items():
             for metric, value in metrics.items():

@@ -78,7 +78,8 @@ def plot_tat(runs: dict[str, list[RunRecords]], path: Path) -> Path:
 def plot_hourly(comparison: Comparison, profile: str, ylabel: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 4))
     for policy, values in comparison.hourly.get(profile, {}).items():
-        ax.plot(range(24), values, marker="o", label=policy)
+        finite = [v if math.isfinite(v) else math.nan for v in values]  # overloaded hours: no stationary wait
+        ax.plot(range(24), finite, marker="o", label=policy, linestyle="--" if policy.startswith("Erlang") else "-")
     ax.set_xlabel("hour (UTC)" if "utc" in profile else "hour (site-local)")
     ax.set_ylabel(ylabel)
     ax.legend()
@@ -121,6 +122,8 @@ def write_report(comparison: Comparison, runs: dict[str, list[RunRecords]], out_
         ("Turnaround by priority and policy", plot_tat(runs, out_dir / "tat_by_priority.png")),
         ("Queue depth over the day", plot_hourly(comparison, "queue_depth_by_utc_hour", "unread studies",
                                                  out_dir / "queue_depth.png")),
+        ("Mean wait by UTC hour (with the Erlang C prediction for the ideal pool)",
+         plot_hourly(comparison, "wait_by_utc_hour", "minutes", out_dir / "wait_by_hour.png")),
         ("TAT p90 by site-local hour", plot_hourly(comparison, "tat_p90_by_local_hour", "p90 minutes",
                                                    out_dir / "tat_p90_by_hour.png")),
         ("Per-reader utilisation", plot_utilisation(runs, out_dir / "utilisation.png")),
