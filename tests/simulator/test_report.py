@@ -42,6 +42,7 @@ def test_summary_of_known_numbers() -> None:
     s = summarise(_run("B2", np.arange(1, 101)))
     assert s["tat.p50"] == 50 and s["tat.p90"] == 90 and s["tat.p99"] == 99 and s["tat.max"] == 100
     assert s["tat.p90.P2"] == 90 and s["tat.modality.CT.p50"] == 50
+    assert s["mean.wait.P2"] == 0 and "mean.wait.P1" not in s
     assert s["breach_rate.P2"] == pytest.approx(0.4)  # 61..100 exceed the 60-minute SLA
     assert s["breach_minutes.P2"] == pytest.approx(20.5)  # mean of 1..40
     assert s["utilisation.mean"] == 0.5 and s["utilisation.gini"] == 0 and s["utilisation.cv"] == 0
@@ -63,6 +64,7 @@ def test_comparison_intervals_and_cross_policy_figures() -> None:
     assert mean == lo == hi == 90  # identical replications: zero width
     assert comparison.cell("ai_gain", "B3")[0] == pytest.approx(5)
     assert comparison.cell("ai_unflagged_delay", "B3")[0] == pytest.approx(1)
+    assert comparison.cell("tat.max.ai_tn", "B3")[0] == 101 and comparison.cell("tat.max.ai_tp", "B3")[0] == 5
     assert comparison.cell("bound_gap", "B2")[0] == pytest.approx((90 - 45) / (270 - 45))
     one = compare({"B2": [_run("B2", tat)]})
     assert math.isnan(one.cell("tat.p90", "B2")[1])

@@ -70,6 +70,14 @@ def summarise(run: RunRecords) -> dict[str, float]:
         out[f"tat.{stat}.{prio}"] = out.pop(key)
     for part in ("transfer", "wait", "read", "consult"):
         out[f"mean.{part}"] = float(c[part].mean()) if len(run) else math.nan
+        for p in PRIORITIES:  # where each priority's turnaround goes: moving, waiting, reading, consulting
+            mask = c["priority"] == p
+            if mask.any():
+                out[f"mean.{part}.{p}"] = float(c[part][mask].mean())
+    for kind in ("tp", "fp", "fn", "tn"):  # starvation shows as a long maximum for unflagged studies
+        mask = c["ai"] == kind
+        if mask.any():
+            out[f"tat.max.ai_{kind}"] = float(tat[mask].max())
     breached = tat > c["sla"]
     out["breach_rate"] = float(breached.mean()) if len(run) else math.nan
     for p in PRIORITIES:
